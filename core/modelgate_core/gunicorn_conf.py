@@ -1,0 +1,50 @@
+"""Gunicorn settings shared by every ModelGate process, read from the environment.
+
+Each service's `gunicorn.conf.py` star-imports this module. Workers are Uvicorn workers; models load
+inside each worker after it starts (see `service.create_service_app`), so `TIMEOUT` only has to cover a
+worker's own heartbeat, but it is generous in case loading holds the GIL for long stretches.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from modelgate_core.logging import logging_config
+
+bind = os.environ.get("BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_class = "uvicorn_worker.UvicornWorker"
+timeout = int(os.environ.get("TIMEOUT", "120"))
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
+keepalive = int(os.environ.get("KEEPALIVE", "5"))
+# Keep-alive from the gateway's pool matters more than protection against slow clients here: only the
+# gateway is public and it sits behind these settings too.
+backlog = int(os.environ.get("BACKLOG", "2048"))
+# Gunicorn's runtime control socket sits at one fixed path per user, so several Gunicorns on one
+# machine (our four processes) would fight over it; nothing here uses it.
+control_socket_disable = True
+logconfig_dict = logging_config(
+    os.environ.get("SERVICE_NAME", "modelgate"),
+    os.environ.get("LOG_LEVEL", "INFO").upper(),
+    os.environ.get("LOG_JSON", "true").lower() not in ("0", "false", "no"),
+)
+
+
+def on_starting(server: Any) -> None:
+    """Give the workers an empty Prometheus multiprocess directory (metrics are per process group)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="modelgate-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges from the aggregate."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,1 @@
+"""The public API contract: request and response models shared by the gateway and the services."""

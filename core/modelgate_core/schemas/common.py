@@ -1,0 +1,54 @@
+"""Pieces every API response shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StrictModel(BaseModel):
+    """Request models refuse unknown fields, so a typo is an error rather than silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(BaseModel):
+    """Which model answered."""
+
+    name: str = Field(examples=["iris"])
+    version: str = Field(examples=["1.0.0+3f9a2c41d0b7"])
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = None
+    message: str
+    type: str | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["validation_error"])
+    message: str = Field(examples=["Invalid request: sepal_length"])
+    request_id: str | None = Field(default=None, examples=["9f1c2a7e5b3d4e6f8a0b1c2d3e4f5a6b"])
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape of every ModelGate process."""
+
+    error: ErrorBody
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str | None = None
+    domain: str | None = None
+    framework: str | None = None
+    created: str | None = None
+    data_source: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    state: str | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]

@@ -1,0 +1,44 @@
+"""Text sentiment."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from modelgate_core.schemas.common import ModelRef, StrictModel
+
+# Whitespace-only text has no sentiment: stripping first makes it fail min_length.
+SentimentText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=5000)]
+SentimentLabel = Literal["positive", "negative"]
+
+
+class SentimentRequest(StrictModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"text": "I love this product!"}]}
+    )
+
+    text: SentimentText
+
+
+class SentimentPrediction(BaseModel):
+    label: SentimentLabel = Field(examples=["positive"])
+    score: float = Field(ge=0, le=1, description="Probability of the label", examples=[0.98])
+
+
+class SentimentResponse(SentimentPrediction):
+    model: ModelRef
+
+
+class SentimentBatchRequest(StrictModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"texts": ["I love it", "This is awful"]}]},
+    )
+
+    texts: list[SentimentText] = Field(min_length=1, max_length=64)
+
+
+class SentimentBatchResponse(BaseModel):
+    results: list[SentimentPrediction]
+    model: ModelRef

@@ -1,0 +1,82 @@
+"""Build a model service's FastAPI app: one call wires everything the services share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from pydantic import Field
+
+from modelgate_core.config import CommonSettings
+from modelgate_core.errors import install_error_handlers
+from modelgate_core.health import health_router
+from modelgate_core.logging import configure_logging
+from modelgate_core.middleware import BodyLimitMiddleware, RequestContextMiddleware, limits_by_path
+from modelgate_core.model import ServedModel
+
+
+class ServiceSettings(CommonSettings):
+    """Settings every model service has."""
+
+    artifacts_dir: Path = Path("artifacts")
+    # Largest upload accepted (vision), in bytes.
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1_024)
+
+
+def create_service_app(
+    *,
+    title: str,
+    version: str,
+    settings: ServiceSettings,
+    models: Sequence[ServedModel[Any, Any]],
+    routers: Sequence[APIRouter],
+    upload_paths: Sequence[str] = (),
+) -> FastAPI:
+    """Return the service app: models loaded once in the lifespan (in the background, so liveness
+    answers while they load), readiness 503 until every model is ready, common errors, JSON logs
+    with request IDs, metrics, and body limits (`upload_paths` get `max_upload_bytes`)."""
+    configure_logging(settings.service_name, settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Load in the background: the server starts answering /health/live at once and
+        # /health/ready turns 200 when every model is in memory.
+        loading = asyncio.create_task(_load_all(models))
+        yield
+        loading.cancel()
+
+    app = FastAPI(title=title, version=version, lifespan=lifespan)
+    install_error_handlers(app)
+
+    async def readiness() -> Mapping[str, str]:
+        return {m.name: m.state if m.state != "failed" else f"failed: {m.error}" for m in models}
+
+    app.include_router(health_router(readiness))
+
+    models_router = APIRouter(prefix="/v1", tags=["models"])
+
+    @models_router.get("/models", summary="Models served by this service")
+    async def list_models() -> dict[str, list[dict[str, Any]]]:
+        return {"models": [m.info() for m in models]}
+
+    app.include_router(models_router)
+    for router in routers:
+        app.include_router(router)
+
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for=limits_by_path(
+            settings.max_json_bytes, dict.fromkeys(upload_paths, settings.max_upload_bytes)
+        ),
+    )
+    app.add_middleware(RequestContextMiddleware, service=settings.service_name)
+    return app
+
+
+async def _load_all(models: Sequence[ServedModel[Any, Any]]) -> None:
+    for model in models:
+        await model.load()

@@ -1,0 +1,1 @@
+"""ModelGate gateway: the only public entry point."""

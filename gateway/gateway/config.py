@@ -1,0 +1,33 @@
+"""Gateway settings (environment variables, `.env`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, HttpUrl, RedisDsn
+
+from modelgate_core.config import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    """Where the services are, how long to wait for them, where keys live."""
+
+    service_name: str = "gateway"
+    tabular_url: HttpUrl = HttpUrl("http://127.0.0.1:8001")
+    vision_url: HttpUrl = HttpUrl("http://127.0.0.1:8002")
+    nlp_url: HttpUrl = HttpUrl("http://127.0.0.1:8003")
+    # Unset: keys live in `api_keys_file` (single machine). Set: keys live in Redis, shared by replicas.
+    redis_url: RedisDsn | None = None
+    api_keys_file: Path = Path("var/api_keys.json")
+    # A Redis key lookup is cached this long, so a revoked key stops working within this delay.
+    key_cache_seconds: float = Field(default=5.0, ge=0)
+
+    connect_timeout: float = Field(default=1.0, gt=0)
+    tabular_timeout: float = Field(default=5.0, gt=0)
+    vision_timeout: float = Field(default=30.0, gt=0)
+    nlp_timeout: float = Field(default=15.0, gt=0)
+    readiness_timeout: float = Field(default=1.0, gt=0)
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1_024)
+    # Connections kept per upstream; enough for the gateway's concurrency, bounded so a slow service
+    # cannot take every socket.
+    upstream_max_connections: int = Field(default=256, ge=1)

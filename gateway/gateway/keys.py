@@ -1,0 +1,266 @@
+"""API keys: random, shown once, stored only as SHA-256 hashes with a name and scopes.
+
+Two stores behind one interface: a JSON file (the single-machine default) and Redis (when `REDIS_URL` is
+set, so every gateway replica sees the same keys). Also a command line:
+
+    python -m gateway.keys create --name NAME --scopes tabular,nlp
+    python -m gateway.keys revoke --name NAME
+    python -m gateway.keys list
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SCOPES = frozenset({"tabular", "vision", "nlp", "*"})
+KEY_PREFIX = "mg_"
+_REDIS_KEYS = "modelgate:api-keys"  # hash: key hash -> record JSON
+
+
+class KeyError_(ValueError):
+    """A key command was given bad input (unknown scope, duplicate or unknown name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """What the gateway knows about a key: never the key itself."""
+
+    name: str
+    scopes: tuple[str, ...]
+    key_hash: str
+    created: str
+
+    def allows(self, scope: str) -> bool:
+        return "*" in self.scopes or scope in self.scopes
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> ApiKey:
+        data = json.loads(raw)
+        return cls(data["name"], tuple(data["scopes"]), data["key_hash"], data["created"])
+
+
+def generate_key() -> str:
+    """A new key: a recognisable prefix and 256 random bits."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 of the key. Keys are 256 random bits, so a fast hash is enough (no salt needed)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_scopes(raw: str) -> tuple[str, ...]:
+    scopes = tuple(sorted({s.strip() for s in raw.split(",") if s.strip()}))
+    unknown = set(scopes) - SCOPES
+    if not scopes or unknown:
+        raise KeyError_(f"scopes must be a comma list of {sorted(SCOPES)}; got {raw!r}")
+    return scopes
+
+
+class KeyStore(ABC):
+    """Extension point: where key records live."""
+
+    @abstractmethod
+    async def find(self, key_hash: str) -> ApiKey | None:
+        """The record with this hash, or None."""
+
+    @abstractmethod
+    async def all(self) -> list[ApiKey]:
+        """Every record."""
+
+    @abstractmethod
+    async def add(self, record: ApiKey) -> None:
+        """Store a new record."""
+
+    @abstractmethod
+    async def remove(self, name: str) -> bool:
+        """Remove the record with this name; False if there was none."""
+
+    async def ping(self) -> bool:
+        """Whether the store answers (for readiness)."""
+        return True
+
+    async def close(self) -> None:  # noqa: B027 - optional hook; the file store holds nothing
+        """Release connections."""
+
+    async def authenticate(self, presented: str) -> ApiKey | None:
+        """The record for a presented key, compared in constant time, or None."""
+        candidate = hash_key(presented)
+        record = await self.find(candidate)
+        if record is None or not hmac.compare_digest(record.key_hash, candidate):
+            return None
+        return record
+
+    async def create(self, name: str, scopes: tuple[str, ...]) -> tuple[str, ApiKey]:
+        """Make a key; returns it (shown once) and its stored record."""
+        if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+            raise KeyError_("name must be 1-64 letters, digits, '-' or '_'")
+        if any(r.name == name for r in await self.all()):
+            raise KeyError_(f"a key named {name!r} exists; revoke it first")
+        key = generate_key()
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record = ApiKey(name, scopes, hash_key(key), created)
+        await self.add(record)
+        return key, record
+
+
+class FileKeyStore(KeyStore):
+    """Keys in a JSON file, re-read when it changes (so the CLI's writes are seen without restart)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime: float | None = None
+        self._by_hash: dict[str, ApiKey] = {}
+
+    def _load(self) -> dict[str, ApiKey]:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            self._mtime, self._by_hash = None, {}
+            return self._by_hash
+        if mtime != self._mtime:
+            data = json.loads(self.path.read_text() or "{}")
+            self._by_hash = {r["key_hash"]: ApiKey.from_json(json.dumps(r)) for r in data.get("keys", [])}
+            self._mtime = mtime
+        return self._by_hash
+
+    def _save(self, records: list[ApiKey]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps({"keys": [asdict(r) for r in records]}, indent=2)
+        # Write then rename, so a gateway reading concurrently never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".api_keys.")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(payload)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+
+    async def find(self, key_hash: str) -> ApiKey | None:
+        return self._load().get(key_hash)
+
+    async def all(self) -> list[ApiKey]:
+        return list(self._load().values())
+
+    async def add(self, record: ApiKey) -> None:
+        self._save([*self._load().values(), record])
+
+    async def remove(self, name: str) -> bool:
+        records = list(self._load().values())
+        kept = [r for r in records if r.name != name]
+        if len(kept) == len(records):
+            return False
+        self._save(kept)
+        return True
+
+
+class RedisKeyStore(KeyStore):
+    """Keys in one Redis hash, shared by every gateway worker and replica; lookups cached briefly."""
+
+    def __init__(self, url: str, cache_seconds: float = 5.0) -> None:
+        import redis.asyncio as redis
+
+        self.redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    async def find(self, key_hash: str) -> ApiKey | None:
+        now = time.monotonic()
+        hit = self._cache.get(key_hash)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        raw = await self.redis.hget(_REDIS_KEYS, key_hash)  # type: ignore[misc]
+        record = ApiKey.from_json(raw) if raw else None
+        if len(self._cache) > 10_000:  # bounded: unknown keys from a scanner must not grow it forever
+            self._cache.clear()
+        self._cache[key_hash] = (now + self.cache_seconds, record)
+        return record
+
+    async def all(self) -> list[ApiKey]:
+        values = await self.redis.hvals(_REDIS_KEYS)  # type: ignore[misc]
+        return [ApiKey.from_json(v) for v in values]
+
+    async def add(self, record: ApiKey) -> None:
+        await self.redis.hset(_REDIS_KEYS, record.key_hash, record.to_json())  # type: ignore[misc]
+
+    async def remove(self, name: str) -> bool:
+        for record in await self.all():
+            if record.name == name:
+                await self.redis.hdel(_REDIS_KEYS, record.key_hash)  # type: ignore[misc]
+                return True
+        return False
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+            return False
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def open_store(redis_url: str | None, keys_file: Path, cache_seconds: float = 5.0) -> KeyStore:
+    """Redis when a URL is configured, otherwise the local file."""
+    return RedisKeyStore(redis_url, cache_seconds) if redis_url else FileKeyStore(keys_file)
+
+
+async def _run_cli(args: argparse.Namespace) -> int:
+    from gateway.config import GatewaySettings
+
+    settings = GatewaySettings()
+    store = open_store(str(settings.redis_url) if settings.redis_url else None, settings.api_keys_file)
+    where = "redis" if settings.redis_url else str(settings.api_keys_file)
+    try:
+        if args.command == "create":
+            key, record = await store.create(args.name, parse_scopes(args.scopes))
+            print(
+                f"Created key {record.name!r} with scopes {','.join(record.scopes)} in {where}.",
+                file=sys.stderr,
+            )
+            print("Store it now: it is shown only once.", file=sys.stderr)
+            print(key)
+        elif args.command == "revoke":
+            if not await store.remove(args.name):
+                print(f"No key named {args.name!r} in {where}.", file=sys.stderr)
+                return 1
+            print(f"Revoked key {args.name!r}.", file=sys.stderr)
+        else:
+            for record in await store.all():
+                print(f"{record.name}\t{','.join(record.scopes)}\t{record.created}")
+    except KeyError_ as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m gateway.keys`."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.keys", description="Manage ModelGate API keys.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", default="*", help="comma list of tabular,vision,nlp or * (default)")
+    revoke = sub.add_parser("revoke", help="revoke the key with this name")
+    revoke.add_argument("--name", required=True)
+    sub.add_parser("list", help="list key names and scopes (never the keys)")
+    return asyncio.run(_run_cli(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""Run the whole stack as local processes: three model services and the gateway, under Gunicorn.
+
+`make run` uses this (ports 8000-8003, keys in var/api_keys.json, no Redis or Docker needed), and so do
+the integration tests (free ports, a temporary folder). Ctrl-C stops everything it started.
+
+    python scripts/devstack.py [--port 8000] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICES = {  # name -> (folder, app module)
+    "tabular": ("tabular-service", "tabular_service.app:app"),
+    "vision": ("vision-service", "vision_service.app:app"),
+    "nlp": ("nlp-service", "nlp_service.app:app"),
+    "gateway": ("gateway", "gateway.app:app"),
+}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalStack:
+    """The four processes, their ports, environment and logs."""
+
+    ports: dict[str, int]
+    run_dir: Path
+    artifacts_dir: Path = REPO / "artifacts"
+    workers: int = 1
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def env_for(self, name: str) -> dict[str, str]:
+        folder, _ = SERVICES[name]
+        env = {
+            **os.environ,
+            "SERVICE_NAME": "gateway" if name == "gateway" else folder,
+            "BIND": f"127.0.0.1:{self.ports[name]}",
+            "WEB_CONCURRENCY": str(self.workers),
+            "ARTIFACTS_DIR": str(self.artifacts_dir),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / f"metrics-{name}"),
+            "TABULAR_URL": self.url("tabular"),
+            "VISION_URL": self.url("vision"),
+            "NLP_URL": self.url("nlp"),
+            "API_KEYS_FILE": str(self.run_dir / "api_keys.json"),
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        env.update(self.extra_env)
+        return env
+
+    def start(self, name: str) -> None:
+        """Start one process (its log goes to run_dir/<name>.log)."""
+        folder, app = SERVICES[name]
+        log = open(self.run_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(REPO / folder / "gunicorn.conf.py"), app],
+            cwd=REPO,
+            env=self.env_for(name),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stopping it takes its workers too
+        )
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        """Stop one process and its workers; SIGKILL if it does not go within `timeout`."""
+        proc = self.processes.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def start_all(self) -> None:
+        for name in SERVICES:
+            self.start(name)
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.processes)):
+            self.stop(name)
+
+    def wait_ready(self, name: str = "gateway", timeout: float = 180) -> None:
+        """Wait until `name` answers 200 on /health/ready (the gateway's means every service is)."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for proc_name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{proc_name} exited with {proc.returncode}; see {self.run_dir}/{proc_name}.log"
+                    )
+            try:
+                with urllib.request.urlopen(self.url(name) + "/health/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except urllib.error.HTTPError as exc:
+                last = exc.read().decode(errors="replace")
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.25)
+        raise TimeoutError(f"{name} not ready after {timeout:.0f}s: {last}")
+
+
+@contextmanager
+def running_stack(
+    ports: dict[str, int] | None = None,
+    run_dir: Path | None = None,
+    workers: int = 1,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[LocalStack]:
+    """Start all four processes, wait until the gateway is ready, stop them all on exit."""
+    with tempfile.TemporaryDirectory(prefix="modelgate-") as tmp:
+        stack = LocalStack(
+            ports=ports or {name: free_port() for name in SERVICES},
+            run_dir=run_dir or Path(tmp),
+            workers=workers,
+            extra_env=extra_env or {},
+        )
+        stack.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            stack.start_all()
+            stack.wait_ready()
+            yield stack
+        finally:
+            stack.stop_all()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8000")))
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    args = parser.parse_args()
+    ports = {"gateway": args.port, "tabular": args.port + 1, "vision": args.port + 2, "nlp": args.port + 3}
+    run_dir = REPO / "var"
+    print(
+        f"Starting ModelGate: gateway on :{ports['gateway']}, services on :{ports['tabular']}-{ports['nlp']}"
+    )
+    print(f"Logs: {run_dir}/<name>.log. Waiting for the models to load...", flush=True)
+    # SIGTERM (from a supervisor) stops everything just like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with running_stack(
+            ports, run_dir, args.workers, {"API_KEYS_FILE": str(run_dir / "api_keys.json")}
+        ) as stack:
+            gateway = stack.url("gateway")
+            print(
+                f"\nModelGate is ready at {gateway}  (docs: {gateway}/docs)\n"
+                f"Make a key:  make key NAME=me SCOPES=tabular,vision,nlp\n"
+                f"Try it:      curl -H 'X-API-Key: <key>' -H 'content-type: application/json' "
+                f'-d \'{{"sepal_length":5.1,"sepal_width":3.5,"petal_length":1.4,"petal_width":0.2}}\' '
+                f"{gateway}/v1/tabular/iris\n"
+                "Press Ctrl-C to stop.",
+                flush=True,
+            )
+            while all(p.poll() is None for p in stack.processes.values()):
+                time.sleep(1)
+            dead = [n for n, p in stack.processes.items() if p.poll() is not None]
+            print(f"{', '.join(dead)} exited; stopping the rest (see {run_dir}/<name>.log)", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        print("\nStopped.")
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

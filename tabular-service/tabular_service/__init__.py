@@ -1,0 +1,1 @@
+"""ModelGate tabular model server."""
