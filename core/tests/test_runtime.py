@@ -132,7 +132,11 @@ def test_errors_share_one_shape(artifacts: Path) -> None:
         cases = [
             (client.post("/v1/double", json={"values": [-1]}), 422, "validation_error"),
             (client.post("/v1/double", json={"values": "x"}), 422, "validation_error"),
-            (client.post("/v1/double", content=b"{", headers={"content-type": "application/json"}), 422, "validation_error"),
+            (
+                client.post("/v1/double", content=b"{", headers={"content-type": "application/json"}),
+                422,
+                "validation_error",
+            ),
             (client.get("/v1/nothing"), 404, "not_found"),
             (client.delete("/v1/double"), 405, "method_not_allowed"),
         ]
@@ -147,8 +151,11 @@ def test_json_body_limit(artifacts: Path) -> None:
     client, _ = make_app(artifacts, max_json_bytes=2048)
     with client:
         wait_ready(client)
-        response = client.post("/v1/double", content=b'{"values": [' + b"1," * 2000 + b"1]}",
-                               headers={"content-type": "application/json"})
+        response = client.post(
+            "/v1/double",
+            content=b'{"values": [' + b"1," * 2000 + b"1]}",
+            headers={"content-type": "application/json"},
+        )
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "payload_too_large"
 
@@ -159,13 +166,17 @@ def test_metrics_count_requests_by_route(artifacts: Path) -> None:
         wait_ready(client)
         client.post("/v1/double", json={"values": [1]})
         text = client.get("/metrics").text
-        assert 'modelgate_http_requests_total{method="POST",route="/v1/double",service="test-svc",status="200"}' in text
+        assert (
+            'modelgate_http_requests_total{method="POST",route="/v1/double",service="test-svc",status="200"}'
+            in text
+        )
         assert 'modelgate_model_inference_seconds_count{model="doubler"}' in text
 
 
 def test_json_formatter_stamps_request_id_and_fields() -> None:
-    record = logging.makeLogRecord({"name": "x", "levelno": 20, "levelname": "INFO", "msg": "hello",
-                                    "request_id": "r1", "status": 200})
+    record = logging.makeLogRecord(
+        {"name": "x", "levelno": 20, "levelname": "INFO", "msg": "hello", "request_id": "r1", "status": 200}
+    )
     line = json.loads(JsonFormatter(service="svc").format(record))
     assert line["message"] == "hello" and line["request_id"] == "r1"
     assert line["service"] == "svc" and line["status"] == 200 and line["ts"].endswith("Z")

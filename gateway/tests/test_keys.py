@@ -57,7 +57,9 @@ def test_cli_create_list_revoke(tmp_path: Path) -> None:
     env = {**os.environ, "API_KEYS_FILE": str(tmp_path / "keys.json")}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway.keys", *args], env=env, capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.keys", *args], env=env, capture_output=True, text=True
+        )
 
     created = cli("create", "--name", "ci", "--scopes", "tabular,vision")
     assert created.returncode == 0, created.stderr

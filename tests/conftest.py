@@ -1,0 +1,101 @@
+"""Fixtures for tests that cross processes: a real Redis server and the real four-process stack."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from devstack import LocalStack, free_port, running_stack  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server of our own on a free port, stopped at the end (never someone else's)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run scripts/ensure_test_services.sh (make test does)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("redis-server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    """The real gateway and three model services under Gunicorn on free local ports."""
+    with running_stack() as local_stack:
+        yield local_stack
+
+
+def create_key(stack: LocalStack, name: str, scopes: str) -> str:
+    """Make a key with the real command line, against the stack's key file."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.keys", "create", "--name", name, "--scopes", scopes],
+        env={**os.environ, "API_KEYS_FILE": str(stack.run_dir / "api_keys.json")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def key_factory(stack: LocalStack) -> Callable[[str, str], str]:
+    """`key_factory(name, scopes)` makes a key for the running stack."""
+    return lambda name, scopes: create_key(stack, name, scopes)
+
+
+@pytest.fixture(scope="session")
+def api_key(stack: LocalStack) -> str:
+    return create_key(stack, "integration", "*")
+
+
+@pytest.fixture
+def gateway(stack: LocalStack, api_key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.url("gateway"), headers={"X-API-Key": api_key}, timeout=60) as client:
+        yield client
