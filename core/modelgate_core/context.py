@@ -25,6 +25,10 @@ class RequestContext:
 
     request_id: str
     fields: dict[str, Any] = field(default_factory=dict)
+    # Extra response headers decided before the response exists (rate-limit state, for instance).
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # Named durations in ms for the `Server-Timing` header (upstream, model, ...).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("modelgate_request", default=None)
@@ -58,6 +62,20 @@ def annotate(**fields: Any) -> None:
     ctx = _current.get()
     if ctx is not None:
         ctx.fields.update(fields)
+
+
+def add_response_header(name: str, value: str) -> None:
+    """Have the current request's response carry this header (no-op outside a request)."""
+    ctx = _current.get()
+    if ctx is not None:
+        ctx.response_headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+
+
+def record_timing(name: str, milliseconds: float) -> None:
+    """Report a duration in the current response's `Server-Timing` header."""
+    ctx = _current.get()
+    if ctx is not None:
+        ctx.timings[name] = milliseconds
 
 
 def bind(ctx: RequestContext) -> object:

@@ -30,6 +30,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "service": self.service,
+            "pid": record.process,
             "message": record.getMessage(),
         }
         request_id = getattr(record, "request_id", None) or current_request_id()

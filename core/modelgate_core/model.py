@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 
 from modelgate_core.artifacts import Manifest, read_manifest, verify_files
+from modelgate_core.context import record_timing
 from modelgate_core.errors import ServiceUnavailable
 from modelgate_core.metrics import MODEL_BATCH_SIZE, MODEL_INFERENCE, MODEL_READY
 
@@ -139,4 +140,7 @@ class ServedModel(Generic[InputT, OutputT]):
         """Predict for a batch of inputs off the event loop; 503 while the model is not loaded."""
         if not self.ready:
             raise ServiceUnavailable(f"Model '{self.name}' is not ready ({self.state})")
-        return await anyio.to_thread.run_sync(self._infer_blocking, items, limiter=self._limiter)
+        started = time.perf_counter()
+        results = await anyio.to_thread.run_sync(self._infer_blocking, items, limiter=self._limiter)
+        record_timing("model", (time.perf_counter() - started) * 1000)
+        return results

@@ -101,7 +101,7 @@ def test_request_id_rules() -> None:
 
 
 def test_model_is_served_after_loading(artifacts: Path) -> None:
-    client, served = make_app(artifacts)
+    client, _ = make_app(artifacts)
     with client:
         wait_ready(client)
         response = client.post("/v1/double", json={"values": [1, 2.5]}, headers={"x-request-id": "req-1"})

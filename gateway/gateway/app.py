@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI
 from gateway.config import GatewaySettings
 from gateway.deps import GatewayState
 from gateway.keys import open_store
+from gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from gateway.routes import models, nlp, tabular, vision
 from gateway.upstream import Upstream, UpstreamClient, make_http_client
 from modelgate_core.errors import install_error_handlers
@@ -37,6 +38,15 @@ def build_upstreams(settings: GatewaySettings) -> dict[str, Upstream]:
     }
 
 
+def make_limiter(settings: GatewaySettings) -> RateLimiter | None:
+    """Redis-backed when Redis is configured (shared by all workers), otherwise per process."""
+    if not settings.rate_limit_enabled:
+        return None
+    if settings.redis_url:
+        return RedisRateLimiter(str(settings.redis_url), settings.rate_limit_timeout)
+    return MemoryRateLimiter()
+
+
 def create_app(
     settings: GatewaySettings | None = None, transport: httpx.AsyncBaseTransport | None = None
 ) -> FastAPI:
@@ -54,17 +64,21 @@ def create_app(
             settings.api_keys_file,
             settings.key_cache_seconds,
         )
+        limiter = make_limiter(settings)
         app.state.gateway = GatewayState(
             settings=settings,
             client=UpstreamClient(http, settings.connect_timeout),
             keys=keys,
             upstreams=build_upstreams(settings),
+            limiter=limiter,
         )
         try:
             yield
         finally:
             await http.aclose()
             await keys.close()
+            if limiter is not None:
+                await limiter.close()
 
     app = FastAPI(title="ModelGate", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)

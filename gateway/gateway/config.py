@@ -22,6 +22,14 @@ class GatewaySettings(CommonSettings):
     # A Redis key lookup is cached this long, so a revoked key stops working within this delay.
     key_cache_seconds: float = Field(default=5.0, ge=0)
 
+    # Per-key rate limit (GCRA) unless a key carries its own; shared through Redis when configured.
+    rate_limit_enabled: bool = True
+    rate_limit_per_second: float = Field(default=100.0, gt=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
+    # Redis unreachable: True lets requests through (logged, counted); False answers 503.
+    rate_limit_fail_open: bool = True
+    rate_limit_timeout: float = Field(default=0.25, gt=0)
+
     connect_timeout: float = Field(default=1.0, gt=0)
     tabular_timeout: float = Field(default=5.0, gt=0)
     vision_timeout: float = Field(default=30.0, gt=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -11,9 +12,12 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from gateway.config import GatewaySettings
 from gateway.keys import ApiKey, KeyStore
+from gateway.ratelimit import RATE_LIMIT_ERRORS, RATE_LIMITED, Limit, RateLimiter, headers_for
 from gateway.upstream import Upstream, UpstreamClient
-from modelgate_core.context import annotate
-from modelgate_core.errors import Forbidden, Unauthorized
+from modelgate_core.context import add_response_header, annotate
+from modelgate_core.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
+
+logger = logging.getLogger("gateway.auth")
 
 
 @dataclass(slots=True)
@@ -24,6 +28,7 @@ class GatewayState:
     client: UpstreamClient
     keys: KeyStore
     upstreams: dict[str, Upstream]
+    limiter: RateLimiter | None = None
 
 
 def get_state(request: Request) -> GatewayState:
@@ -54,7 +59,33 @@ async def authenticate(
     if record is None:
         raise Unauthorized("Invalid API key", headers={"www-authenticate": "Bearer"})
     annotate(key_name=record.name)
+    if state.limiter is not None:
+        await enforce_rate_limit(state, record)
     return record
+
+
+async def enforce_rate_limit(state: GatewayState, record: ApiKey) -> None:
+    """Count the request against the key's limit; 429 with `Retry-After` when over it."""
+    settings = state.settings
+    limit = Limit(record.rate or settings.rate_limit_per_second, record.burst or settings.rate_limit_burst)
+    try:
+        decision = await state.limiter.hit(record.key_hash, limit)  # type: ignore[union-attr]
+    except Exception as exc:
+        outcome = "fail_open" if settings.rate_limit_fail_open else "fail_closed"
+        RATE_LIMIT_ERRORS.labels(outcome).inc()
+        logger.warning("rate-limit store unavailable", extra={"outcome": outcome, "error": repr(exc)})
+        if settings.rate_limit_fail_open:
+            return
+        raise ServiceUnavailable("Rate limiting is unavailable; try again shortly") from exc
+    headers = headers_for(decision)
+    for name, value in headers.items():
+        add_response_header(name, value)
+    if not decision.allowed:
+        RATE_LIMITED.labels(record.name).inc()
+        # The headers are already on the response via the context; the 429 needs no copy of them.
+        raise RateLimited(
+            f"Rate limit of {limit.rate:g}/s (burst {limit.burst}) exceeded for key '{record.name}'"
+        )
 
 
 AuthenticatedKey = Annotated[ApiKey, Depends(authenticate)]

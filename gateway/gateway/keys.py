@@ -24,6 +24,8 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from modelgate_core.errors import ServiceUnavailable
+
 SCOPES = frozenset({"tabular", "vision", "nlp", "*"})
 KEY_PREFIX = "mg_"
 _REDIS_KEYS = "modelgate:api-keys"  # hash: key hash -> record JSON
@@ -31,6 +33,10 @@ _REDIS_KEYS = "modelgate:api-keys"  # hash: key hash -> record JSON
 
 class KeyError_(ValueError):
     """A key command was given bad input (unknown scope, duplicate or unknown name)."""
+
+
+class KeyStoreUnavailable(ServiceUnavailable):
+    """The key store (Redis) did not answer: we cannot tell a good key from a bad one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,9 @@ class ApiKey:
     scopes: tuple[str, ...]
     key_hash: str
     created: str
+    # Per-key rate limit (requests/s and burst); None means the gateway's default plan.
+    rate: float | None = None
+    burst: int | None = None
 
     def allows(self, scope: str) -> bool:
         return "*" in self.scopes or scope in self.scopes
@@ -51,7 +60,14 @@ class ApiKey:
     @classmethod
     def from_json(cls, raw: str | bytes) -> ApiKey:
         data = json.loads(raw)
-        return cls(data["name"], tuple(data["scopes"]), data["key_hash"], data["created"])
+        return cls(
+            data["name"],
+            tuple(data["scopes"]),
+            data["key_hash"],
+            data["created"],
+            data.get("rate"),
+            data.get("burst"),
+        )
 
 
 def generate_key() -> str:
@@ -106,7 +122,9 @@ class KeyStore(ABC):
             return None
         return record
 
-    async def create(self, name: str, scopes: tuple[str, ...]) -> tuple[str, ApiKey]:
+    async def create(
+        self, name: str, scopes: tuple[str, ...], rate: float | None = None, burst: int | None = None
+    ) -> tuple[str, ApiKey]:
         """Make a key; returns it (shown once) and its stored record."""
         if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
             raise KeyError_("name must be 1-64 letters, digits, '-' or '_'")
@@ -114,7 +132,9 @@ class KeyStore(ABC):
             raise KeyError_(f"a key named {name!r} exists; revoke it first")
         key = generate_key()
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        record = ApiKey(name, scopes, hash_key(key), created)
+        if (rate is not None and rate <= 0) or (burst is not None and burst < 1):
+            raise KeyError_("rate must be > 0 and burst >= 1")
+        record = ApiKey(name, scopes, hash_key(key), created, rate, burst)
         await self.add(record)
         return key, record
 
@@ -174,6 +194,7 @@ class RedisKeyStore(KeyStore):
         import redis.asyncio as redis
 
         self.redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._redis_error = redis.RedisError
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
 
@@ -182,7 +203,10 @@ class RedisKeyStore(KeyStore):
         hit = self._cache.get(key_hash)
         if hit is not None and hit[0] > now:
             return hit[1]
-        raw = await self.redis.hget(_REDIS_KEYS, key_hash)  # type: ignore[misc]
+        try:
+            raw = await self.redis.hget(_REDIS_KEYS, key_hash)  # type: ignore[misc]
+        except (self._redis_error, OSError) as exc:
+            raise KeyStoreUnavailable("The API key store is unavailable; try again shortly") from exc
         record = ApiKey.from_json(raw) if raw else None
         if len(self._cache) > 10_000:  # bounded: unknown keys from a scanner must not grow it forever
             self._cache.clear()
@@ -226,7 +250,7 @@ async def _run_cli(args: argparse.Namespace) -> int:
     where = "redis" if settings.redis_url else str(settings.api_keys_file)
     try:
         if args.command == "create":
-            key, record = await store.create(args.name, parse_scopes(args.scopes))
+            key, record = await store.create(args.name, parse_scopes(args.scopes), args.rate, args.burst)
             print(
                 f"Created key {record.name!r} with scopes {','.join(record.scopes)} in {where}.",
                 file=sys.stderr,
@@ -256,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     create = sub.add_parser("create", help="create a key and print it once")
     create.add_argument("--name", required=True)
     create.add_argument("--scopes", default="*", help="comma list of tabular,vision,nlp or * (default)")
+    create.add_argument(
+        "--rate", type=float, help="requests per second (default: the gateway's RATE_LIMIT_PER_SECOND)"
+    )
+    create.add_argument("--burst", type=int, help="burst size (default: the gateway's RATE_LIMIT_BURST)")
     revoke = sub.add_parser("revoke", help="revoke the key with this name")
     revoke.add_argument("--name", required=True)
     sub.add_parser("list", help="list key names and scopes (never the keys)")

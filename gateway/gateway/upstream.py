@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 import orjson
 
-from modelgate_core.context import annotate, current_request_id
+from modelgate_core.context import annotate, current_request_id, record_timing
 from modelgate_core.errors import BadGateway, GatewayTimeout, ModelGateError, ServiceUnavailable
 from modelgate_core.metrics import UPSTREAM_LATENCY
 
@@ -85,6 +85,7 @@ class UpstreamClient:
             elapsed = time.perf_counter() - started
             UPSTREAM_LATENCY.labels(upstream.name, outcome).observe(elapsed)
             annotate(upstream=upstream.name, upstream_ms=round(elapsed * 1000, 3), upstream_status=outcome)
+            record_timing("upstream", elapsed * 1000)
         return check_response(upstream, response)
 
 

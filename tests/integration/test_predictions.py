@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_iris
 
-
 pytestmark = pytest.mark.integration
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
