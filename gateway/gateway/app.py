@@ -109,11 +109,14 @@ def create_app(
 async def _upstream_ready(state: GatewayState, upstream: Upstream) -> str:
     try:
         answer = await state.client.request(
-            upstream, "GET", "/health/ready", timeout=state.settings.readiness_timeout
+            upstream, "GET", "/health/ready", timeout=state.settings.readiness_timeout, probe=True
         )
     except Exception:  # noqa: BLE001 - any failure is "not ready"; the reason is in the logs
         return "unreachable"
-    return "ready" if answer.status_code == 200 else f"not ready (HTTP {answer.status_code})"
+    if answer.status_code != 200:
+        return f"not ready (HTTP {answer.status_code})"
+    # The service answers, but this gateway has stopped sending it traffic for now.
+    return "ready" if upstream.breaker.state == "closed" else f"circuit {upstream.breaker.state}"
 
 
 app = create_app()

@@ -7,14 +7,16 @@ service's own 4xx (and 503 while its model loads) pass through in the common err
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import orjson
 
+from gateway.resilience import CircuitBreaker, ReplicaResolver, RetryBudget, backoff
 from modelgate_core.context import annotate, current_request_id, record_timing
 from modelgate_core.errors import BadGateway, GatewayTimeout, ModelGateError, ServiceUnavailable
 from modelgate_core.metrics import UPSTREAM_LATENCY
@@ -27,13 +29,27 @@ _DROP_RESPONSE_HEADERS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass
 class Upstream:
-    """One model service: its name (also the scope that guards it), base URL and read timeout."""
+    """One model service: its name (also the scope that guards it), base URL, read timeout, and the
+    per-process state that protects it (circuit breaker, replica list)."""
 
     name: str
     base_url: str
     timeout: float
+    breaker: CircuitBreaker = field(init=False)
+    resolver: ReplicaResolver = field(init=False)
+    scheme: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        url = httpx.URL(self.base_url)
+        self.scheme = url.scheme
+        self.breaker = CircuitBreaker(self.name)
+        self.resolver = ReplicaResolver(url.host, url.port or 80)
+
+    async def url_for(self, path: str) -> str:
+        """Absolute URL of `path` on the next replica."""
+        return f"{self.scheme}://{await self.resolver.pick()}:{self.resolver.port}{path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +60,18 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
-    """Sends requests to the services over one pooled `httpx.AsyncClient` made in the lifespan."""
+    """Sends requests to the services over one pooled `httpx.AsyncClient` made in the lifespan.
 
-    def __init__(self, client: httpx.AsyncClient, connect_timeout: float) -> None:
+    A refused connection (nothing was sent, so any method is safe) is retried on the next replica with
+    jittered backoff, within a retry budget; everything else fails at once. The circuit breaker answers
+    503 immediately while a service keeps failing.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, connect_timeout: float, max_retries: int = 2) -> None:
         self.client = client
         self.connect_timeout = connect_timeout
+        self.max_retries = max_retries
+        self.budget = RetryBudget()
 
     async def request(
         self,
@@ -60,33 +83,65 @@ class UpstreamClient:
         content_type: str | None = None,
         params: Mapping[str, str] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - a per-call read timeout handed to httpx
+        probe: bool = False,
     ) -> UpstreamResponse:
-        """Send one request; raise the mapped `ModelGateError` on failure."""
+        """Send one request; raise the mapped `ModelGateError` on failure.
+
+        `probe` requests (readiness checks) bypass the breaker and retries: they must see the truth.
+        """
+        if not probe and not upstream.breaker.allow():
+            raise ServiceUnavailable(f"The {upstream.name} service is unavailable (circuit open)")
         headers = {"x-request-id": current_request_id() or ""}
         if content_type:
             headers["content-type"] = content_type
-        read_timeout = timeout or upstream.timeout
+        request_timeout = httpx.Timeout(timeout or upstream.timeout, connect=self.connect_timeout)
+        self.budget.deposit()
         started = time.perf_counter()
         outcome = "error"
+        attempt = 0
         try:
-            response = await self.client.request(
-                method,
-                upstream.base_url + path,
-                content=content,
-                params=params,
-                headers=headers,
-                timeout=httpx.Timeout(read_timeout, connect=self.connect_timeout),
-            )
+            while True:
+                try:
+                    response = await self.client.request(
+                        method,
+                        await upstream.url_for(path),
+                        content=content,
+                        params=params,
+                        headers=headers,
+                        timeout=request_timeout,
+                    )
+                    break
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    if probe or attempt >= self.max_retries or not self.budget.withdraw():
+                        outcome = type(exc).__name__
+                        raise
+                    attempt += 1
+                    await asyncio.sleep(backoff(attempt))
             outcome = str(response.status_code)
+            answer = check_response(upstream, response)
         except httpx.HTTPError as exc:
             outcome = type(exc).__name__
+            if not probe:
+                upstream.breaker.record_failure()
             raise map_transport_error(upstream, exc) from exc
+        except ModelGateError:
+            if not probe:
+                upstream.breaker.record_failure()
+            raise
         finally:
             elapsed = time.perf_counter() - started
             UPSTREAM_LATENCY.labels(upstream.name, outcome).observe(elapsed)
-            annotate(upstream=upstream.name, upstream_ms=round(elapsed * 1000, 3), upstream_status=outcome)
-            record_timing("upstream", elapsed * 1000)
-        return check_response(upstream, response)
+            if not probe:
+                annotate(
+                    upstream=upstream.name,
+                    upstream_ms=round(elapsed * 1000, 3),
+                    upstream_status=outcome,
+                    upstream_retries=attempt,
+                )
+                record_timing("upstream", elapsed * 1000)
+        if not probe:
+            upstream.breaker.record_success()
+        return answer
 
 
 def map_transport_error(upstream: Upstream, exc: httpx.HTTPError) -> ModelGateError:
