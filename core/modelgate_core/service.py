@@ -13,7 +13,7 @@ from pydantic import Field
 
 from modelgate_core.config import CommonSettings
 from modelgate_core.errors import install_error_handlers
-from modelgate_core.health import health_router
+from modelgate_core.health import Drain, health_router
 from modelgate_core.logging import configure_logging
 from modelgate_core.middleware import BodyLimitMiddleware, RequestContextMiddleware, limits_by_path
 from modelgate_core.model import ServedModel
@@ -41,8 +41,11 @@ def create_service_app(
     with request IDs, metrics, and body limits (`upload_paths` get `max_upload_bytes`)."""
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
 
+    drain = Drain()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        drain.watch_sigterm()
         # Load in the background: the server starts answering /health/live at once and
         # /health/ready turns 200 when every model is in memory.
         loading = asyncio.create_task(_load_all(models))
@@ -55,7 +58,7 @@ def create_service_app(
     async def readiness() -> Mapping[str, str]:
         return {m.name: m.state if m.state != "failed" else f"failed: {m.error}" for m in models}
 
-    app.include_router(health_router(readiness))
+    app.include_router(health_router(readiness, drain))
 
     models_router = APIRouter(prefix="/v1", tags=["models"])
 

@@ -16,7 +16,7 @@ from gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from gateway.routes import models, nlp, tabular, vision
 from gateway.upstream import Upstream, UpstreamClient, make_http_client
 from modelgate_core.errors import install_error_handlers
-from modelgate_core.health import health_router
+from modelgate_core.health import Drain, health_router
 from modelgate_core.logging import configure_logging
 from modelgate_core.middleware import BodyLimitMiddleware, RequestContextMiddleware, limits_by_path
 
@@ -54,8 +54,11 @@ def create_app(
     settings = settings or GatewaySettings()
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
 
+    drain = Drain()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        drain.watch_sigterm()
         http = make_http_client(settings.upstream_max_connections)
         if transport is not None:
             http = httpx.AsyncClient(transport=transport)
@@ -92,7 +95,7 @@ def create_app(
             checks["redis"] = "ready" if await state.keys.ping() else "unreachable"
         return checks
 
-    app.include_router(health_router(readiness))
+    app.include_router(health_router(readiness, drain))
     v1 = APIRouter(prefix="/v1")
     for module in (tabular, vision, nlp, models):
         v1.include_router(module.router)
