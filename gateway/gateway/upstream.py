@@ -23,10 +23,9 @@ from modelgate_core.metrics import UPSTREAM_LATENCY
 
 logger = logging.getLogger("gateway.upstream")
 
-# Hop-by-hop and length headers are the transport's business, not something to copy across.
-_DROP_RESPONSE_HEADERS = frozenset(
-    {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
-)
+# The only service response headers a client sees; the rest (hop-by-hop, lengths, the service's own
+# request ID echo) are the transport's or the gateway's business.
+_PASS_RESPONSE_HEADERS = frozenset({"content-type", "server-timing", "retry-after", "x-cache"})
 
 
 @dataclass
@@ -161,7 +160,7 @@ def map_transport_error(upstream: Upstream, exc: httpx.HTTPError) -> ModelGateEr
 def check_response(upstream: Upstream, response: httpx.Response) -> UpstreamResponse:
     """Pass good answers and the service's own client errors through; anything else is a 502."""
     status = response.status_code
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in _DROP_RESPONSE_HEADERS}
+    headers = {k: v for k, v in response.headers.items() if k.lower() in _PASS_RESPONSE_HEADERS}
     is_json = response.headers.get("content-type", "").startswith("application/json")
     if 200 <= status < 300 and is_json:
         return UpstreamResponse(status, response.content, headers)
