@@ -4,4 +4,4 @@ import os
 
 os.environ.setdefault("SERVICE_NAME", "tabular-service")
 
-from modelgate_core.gunicorn_conf import *  # noqa: E402, F403
+from modelgate_core.gunicorn_conf import *  # noqa: F403

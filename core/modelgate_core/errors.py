@@ -148,7 +148,9 @@ def _validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
     """Turn pydantic's error list into `[{field, message, type}]`, dropping echoed input values."""
     details = []
     for err in errors:
-        loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "path")]
+        # A JSON syntax error's location is a character offset, not a field: report it as the body.
+        parts = () if err.get("type") == "json_invalid" else err.get("loc", ())
+        loc = [str(part) for part in parts if part not in ("body", "query", "path")]
         details.append(
             {
                 "field": ".".join(loc) or "body",

@@ -1,0 +1,263 @@
+"""vision-service API tests: the real app and the real model (artifacts/imagenet), in-process."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from vision_service.app import VisionSettings, create_app
+from vision_service.runners import decode_image
+
+REPO = Path(__file__).resolve().parents[2]
+# The built models; ARTIFACTS_DIR (as the service reads it) points elsewhere.
+ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR") or REPO / "artifacts")
+COFFEE = REPO / "tests" / "assets" / "coffee.jpg"
+CLASSIFY = "/v1/vision/classify"
+ESPRESSO = 967
+
+
+def wait_ready(client: TestClient, timeout: float = 120.0) -> None:
+    """Poll readiness until the model has loaded; fail at once if loading failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/health/ready")
+        if response.status_code == 200:
+            return
+        statuses = [d["status"] for d in response.json()["error"].get("details", [])]
+        if any(s.startswith("failed") for s in statuses):
+            pytest.fail(f"model failed to load: {statuses}")
+        time.sleep(0.2)
+    pytest.fail(f"model not ready after {timeout} s")
+
+
+@contextmanager
+def started(settings: VisionSettings) -> Iterator[TestClient]:
+    """The app with its lifespan running and its model loaded (skips if the artifact is not built)."""
+    if not (settings.artifacts_dir / "imagenet" / "manifest.json").is_file():
+        pytest.skip("artifacts/imagenet is not built (run `make models`)")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with started(VisionSettings(artifacts_dir=ARTIFACTS, torch_threads=1, log_json=False)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def coffee() -> bytes:
+    return COFFEE.read_bytes()
+
+
+def reencode(data: bytes, fmt: str, **kwargs: Any) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def classify(
+    client: TestClient, data: bytes, name: str = "img", mime: str = "image/jpeg", **params: Any
+) -> Any:
+    return client.post(CLASSIFY, files={"file": (name, data, mime)}, params=params)
+
+
+def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """The common error shape, with the request ID the response header carries."""
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) >= {"code", "message", "request_id"}
+    assert error["request_id"] == response.headers["x-request-id"]
+    assert error["message"]
+    if code:
+        assert error["code"] == code
+    return error
+
+
+def assert_espresso(body: dict[str, Any], top_k: int = 5) -> None:
+    predictions = body["predictions"]
+    assert len(predictions) == top_k
+    assert "espresso" in [p["label"] for p in predictions]
+    assert {p["class_id"] for p in predictions if p["label"] == "espresso"} == {ESPRESSO}
+    scores = [p["score"] for p in predictions]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+# --- What works --------------------------------------------------------------------------------------
+
+
+def test_coffee_photo_is_espresso(client: TestClient, coffee: bytes) -> None:
+    response = classify(client, coffee, "coffee.jpg")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_espresso(body)
+    assert body["model"]["name"] == "imagenet"
+    assert body["model"]["version"]
+    assert response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 10])
+def test_top_k_is_respected(client: TestClient, coffee: bytes, top_k: int) -> None:
+    response = classify(client, coffee, top_k=top_k)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == top_k
+    assert len({p["class_id"] for p in predictions}) == top_k
+    scores = [p["score"] for p in predictions]
+    assert scores == sorted(scores, reverse=True)
+    if top_k == 10:
+        assert "espresso" in [p["label"] for p in predictions]
+
+
+@pytest.mark.parametrize(("fmt", "kwargs"), [("PNG", {}), ("WEBP", {"quality": 95})])
+def test_png_and_webp_of_the_same_photo(client: TestClient, coffee: bytes, fmt: str, kwargs: Any) -> None:
+    data = reencode(coffee, fmt, **kwargs)
+    # The declared type does not matter, the bytes do: send them as octet-stream.
+    response = classify(client, data, f"coffee.{fmt.lower()}", "application/octet-stream")
+    assert response.status_code == 200, response.text
+    assert_espresso(response.json())
+
+
+def test_transparent_and_grayscale_modes_are_accepted(client: TestClient, coffee: bytes) -> None:
+    photo = Image.open(io.BytesIO(coffee))
+    for mode in ("RGBA", "L", "P", "CMYK"):
+        buffer = io.BytesIO()
+        photo.convert(mode).save(buffer, "JPEG" if mode == "CMYK" else "PNG")
+        response = classify(client, buffer.getvalue(), f"coffee-{mode}")
+        assert response.status_code == 200, (mode, response.text)
+        assert len(response.json()["predictions"]) == 5
+
+
+def test_exif_orientation_is_applied(client: TestClient, coffee: bytes) -> None:
+    """The photo stored on its side with an EXIF 'rotate 90' tag is classified like the upright one."""
+    photo = Image.open(io.BytesIO(coffee))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the viewer must rotate 90 degrees clockwise
+    buffer = io.BytesIO()
+    photo.transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", quality=95, exif=exif)
+    assert decode_image(buffer.getvalue(), max_pixels=10**6).size == photo.size
+    upright = classify(client, coffee).json()["predictions"][0]
+    rotated = classify(client, buffer.getvalue()).json()["predictions"][0]
+    assert rotated["class_id"] == upright["class_id"]
+    assert rotated["score"] == pytest.approx(upright["score"], abs=0.1)
+
+
+# --- What is refused ---------------------------------------------------------------------------------
+
+
+def test_text_file_is_unsupported_media_type(client: TestClient) -> None:
+    error = assert_error(classify(client, b"hello, not an image\n", "a.jpg", "image/jpeg"), 415)
+    assert "JPEG, PNG or WebP" in error["message"]
+
+
+def test_gif_is_unsupported_media_type(client: TestClient) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, "GIF")
+    error = assert_error(classify(client, buffer.getvalue(), "a.gif", "image/gif"), 415)
+    assert "GIF" in error["message"]
+
+
+def test_empty_file_is_refused(client: TestClient) -> None:
+    error = assert_error(classify(client, b"", "empty.jpg"), 422)
+    assert "empty" in error["message"]
+
+
+def test_truncated_jpeg_is_refused(client: TestClient, coffee: bytes) -> None:
+    error = assert_error(classify(client, coffee[: len(coffee) // 2], "half.jpg"), 422)
+    assert "truncated" in error["message"]
+
+
+def test_header_only_jpeg_is_refused(client: TestClient, coffee: bytes) -> None:
+    assert_error(classify(client, coffee[:200], "header.jpg"), 422)
+
+
+def test_decompression_bomb_is_refused(client: TestClient) -> None:
+    """20000 x 20000 paletted pixels compress to ~50 kB of PNG but would need 400 MB to decode."""
+    buffer = io.BytesIO()
+    Image.new("P", (20_000, 20_000)).save(buffer, "PNG")
+    assert len(buffer.getvalue()) < 100_000
+    error = assert_error(classify(client, buffer.getvalue(), "bomb.png", "image/png"), 413)
+    assert "pixels" in error["message"]
+
+
+def test_missing_file_field_names_it(client: TestClient, coffee: bytes) -> None:
+    response = client.post(CLASSIFY, files={"image": ("coffee.jpg", coffee, "image/jpeg")})
+    error = assert_error(response, 422, "validation_error")
+    assert [d["field"] for d in error["details"]] == ["file"]
+
+
+def test_form_field_instead_of_file_is_refused(client: TestClient) -> None:
+    """A multipart text field called 'file' (no filename) is not an upload."""
+    error = assert_error(client.post(CLASSIFY, files={"file": (None, b"not a file")}), 422)
+    assert error["details"][0]["field"] == "file"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({}, 415),  # no body at all
+        ({"json": {"file": "coffee.jpg"}}, 415),
+        ({"data": {"file": "coffee.jpg"}}, 415),  # a url-encoded form
+        ({"content": b"\xff\xd8\xff", "headers": {"content-type": "image/jpeg"}}, 415),
+        ({"content": b"garbage", "headers": {"content-type": "multipart/form-data"}}, 400),
+    ],
+)
+def test_not_a_multipart_upload_is_refused(client: TestClient, kwargs: dict[str, Any], status: int) -> None:
+    assert_error(client.post(CLASSIFY, **kwargs), status)
+
+
+@pytest.mark.parametrize("top_k", ["0", "11", "-1", "abc", "2.5"])
+def test_bad_top_k_is_refused(client: TestClient, coffee: bytes, top_k: str) -> None:
+    error = assert_error(classify(client, coffee, top_k=top_k), 422, "validation_error")
+    assert [d["field"] for d in error["details"]] == ["top_k"]
+
+
+def test_model_is_listed(client: TestClient) -> None:
+    (model,) = client.get("/v1/models").json()["models"]
+    assert model["name"] == "imagenet"
+    assert model["state"] == "ready"
+    assert model["domain"] == "vision"
+
+
+# --- Limits and readiness, with their own settings ---------------------------------------------------
+
+
+def test_oversized_upload_is_413(coffee: bytes) -> None:
+    settings = VisionSettings(artifacts_dir=ARTIFACTS, max_upload_bytes=16 * 1024, torch_threads=1)
+    with started(settings) as small:
+        assert len(coffee) > 16 * 1024
+        error = assert_error(classify(small, coffee), 413, "payload_too_large")
+        assert "16384" in error["message"]
+        # Under the limit still works.
+        thumb = io.BytesIO()
+        Image.open(io.BytesIO(coffee)).resize((150, 100)).save(thumb, "JPEG")
+        assert classify(small, thumb.getvalue()).status_code == 200
+
+
+def test_pixel_limit_is_configurable(coffee: bytes) -> None:
+    settings = VisionSettings(artifacts_dir=ARTIFACTS, max_image_pixels=100_000, torch_threads=1)
+    with started(settings) as small:
+        error = assert_error(classify(small, coffee), 413)  # 600 x 400 = 240,000 pixels
+        assert "100,000" in error["message"]
+
+
+def test_not_ready_before_the_model_loads(tmp_path: Path, coffee: bytes) -> None:
+    settings = VisionSettings(artifacts_dir=tmp_path / "nothing-here", torch_threads=1)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert client.get("/health/live").status_code == 200
+        ready = client.get("/health/ready")
+        assert_error(ready, 503)
+        assert "imagenet" in ready.json()["error"]["message"]
+        error = assert_error(classify(client, coffee), 503, "service_unavailable")
+        assert "imagenet" in error["message"]
