@@ -1,0 +1,283 @@
+"""Build every ModelGate model artifact, deterministically and with a content-addressed cache.
+
+    .venv/bin/python scripts/build_models.py [--only NAME ...] [--force]
+
+Each model has a build script (`<service>/build_<model>.py`) exposing NAME, VERSION, LIBRARIES,
+`inputs()` (data and helper files it depends on) and `build(out_dir, progress) -> Manifest`.
+The cache key is the sha256 of the build script, core/modelgate_core/artifacts.py, the script's
+input files and the installed versions of its libraries. A cache hit under
+`${MODELGATE_CACHE_DIR:-~/.cache/modelgate}/models/<name>/<key>/` is verified and copied to
+`${ARTIFACTS_DIR:-<repo>/artifacts}/<name>/`; a miss is built into a temp dir, stored, then copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parent.parent
+# Make the repo's packages importable without an editable install or PYTHONPATH (`make models`).
+for _path in (REPO / "core", REPO / "vision-service"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from modelgate_core.artifacts import (  # noqa: E402  (needs the sys.path above)
+    ArtifactError,
+    Manifest,
+    read_manifest,
+    verify_files,
+    write_manifest,
+)
+
+ARTIFACTS_MODULE = REPO / "core" / "modelgate_core" / "artifacts.py"
+SEED = 42
+
+# name -> (build script, metrics worth showing in the summary); built in this order, cheapest first.
+MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "iris": ("tabular-service/build_iris.py", ("accuracy", "macro_f1")),
+    "fraud": (
+        "tabular-service/build_fraud.py",
+        ("roc_auc", "average_precision", "precision", "recall", "threshold"),
+    ),
+    "imagenet": ("vision-service/build_imagenet.py", ("published_top1", "sanity_top5_hits")),
+    "sentiment": ("nlp-service/build_sentiment.py", ("accuracy", "macro_f1")),
+}
+
+
+@dataclass
+class Result:
+    """How one model's build went, for the summary table."""
+
+    name: str
+    status: str = "failed"
+    version: str = "-"
+    seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+def load_build_module(name: str, script: Path) -> ModuleType:
+    """Import a build script by file path (service folders have hyphens, so they are not packages)."""
+    spec = importlib.util.spec_from_file_location(f"modelgate_build_{name}", script)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot import {script}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if name != module.NAME:
+        raise RuntimeError(f"{script} builds {module.NAME!r}, expected {name!r}")
+    return module
+
+
+def library_version(dist: str) -> str:
+    """Installed version of a distribution, or "missing" (then the build itself will fail clearly)."""
+    try:
+        return dist_version(dist)
+    except PackageNotFoundError:
+        return "missing"
+
+
+def cache_key(script: Path, module: ModuleType) -> str:
+    """sha256 over everything that determines the artifact; any change means a rebuild."""
+    digest = hashlib.sha256()
+
+    def add(label: str, data: bytes) -> None:
+        # Length-prefixed, so that no two different input lists can produce the same byte stream.
+        digest.update(f"{label}\0{len(data)}\0".encode())
+        digest.update(data)
+
+    add("script", script.read_bytes())
+    add("artifacts.py", ARTIFACTS_MODULE.read_bytes())
+    for path in module.inputs():
+        add(f"input:{Path(path).name}", Path(path).read_bytes())
+    for dist in sorted(module.LIBRARIES):
+        add(f"lib:{dist}", library_version(dist).encode())
+    add("python", f"{sys.version_info.major}.{sys.version_info.minor}".encode())
+    return digest.hexdigest()
+
+
+def cache_root() -> Path:
+    """Where built artifacts are kept between runs: outside the repo, shared by all checkouts."""
+    default = Path.home() / ".cache" / "modelgate"
+    return Path(os.environ.get("MODELGATE_CACHE_DIR") or default) / "models"
+
+
+def artifacts_root() -> Path:
+    """Where the services read artifacts from."""
+    return Path(os.environ.get("ARTIFACTS_DIR") or REPO / "artifacts")
+
+
+def is_valid(model_dir: Path) -> Manifest | None:
+    """The manifest of `model_dir` if it is a complete, verified artifact, else None."""
+    try:
+        manifest = read_manifest(model_dir)
+        verify_files(model_dir, manifest)
+    except (ArtifactError, OSError):
+        return None
+    return manifest
+
+
+def seed_everything(libraries: tuple[str, ...]) -> None:
+    """Seed every RNG a build may touch and pin torch's threads, so reruns give identical models."""
+    random.seed(SEED)
+    import numpy as np
+
+    np.random.seed(SEED)
+    if "torch" in libraries:
+        import torch
+
+        torch.manual_seed(SEED)
+        # A fixed thread count fixes the order of float reductions, hence bit-identical results; 2 is
+        # this project's build machine, override with MODELGATE_BUILD_THREADS on a bigger one.
+        torch.set_num_threads(int(os.environ.get("MODELGATE_BUILD_THREADS", "2")))
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def make_progress(name: str, started: float) -> Callable[[str], None]:
+    """A step logger that prefixes lines with the model name and the seconds since its build began."""
+
+    def progress(message: str) -> None:
+        print(f"[{name}] {time.monotonic() - started:7.1f}s  {message}", flush=True)
+
+    return progress
+
+
+def private_to_shared(path: Path) -> Path:
+    """Make a tree world-readable: mkdtemp makes 0700 folders and some writers (safetensors) 0600 files,
+    but services may run as another user (e.g. in Docker)."""
+    for p in [path, *path.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return path
+
+
+def build_into_cache(module: ModuleType, key: str, entry: Path, progress: Callable[[str], None]) -> Manifest:
+    """Build into a temp dir next to the cache entry, then rename it into place (atomic)."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = private_to_shared(Path(tempfile.mkdtemp(dir=entry.parent, prefix=".build-")))
+    try:
+        seed_everything(tuple(module.LIBRARIES))
+        manifest: Manifest = module.build(tmp, progress)
+        private_to_shared(tmp)
+        manifest = manifest.model_copy(update={"version": f"{module.VERSION}+{key[:12]}"})
+        write_manifest(tmp, manifest)
+        verify_files(tmp, manifest)
+        if entry.exists():  # a broken entry from an interrupted or tampered run
+            shutil.rmtree(entry)
+        os.rename(tmp, entry)
+        return manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(entry: Path, manifest: Manifest, dest: Path) -> bool:
+    """Copy a cache entry to `dest` unless it is already there; returns whether anything was copied.
+
+    The copy is made and verified in a temp dir beside `dest`, then swapped in with two renames, so a
+    service never sees a half-written folder.
+    """
+    current = is_valid(dest) if dest.exists() else None
+    if current == manifest:
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = private_to_shared(Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-")))
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    try:
+        shutil.copytree(entry, tmp, dirs_exist_ok=True)
+        verify_files(tmp, read_manifest(tmp))
+        if dest.exists():
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+    except BaseException:
+        if old.exists() and not dest.exists():  # put the previous artifact back
+            os.rename(old, dest)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def run_one(name: str, force: bool) -> Result:
+    """Resolve one model from the cache or build it, then publish it to the artifacts folder."""
+    started = time.monotonic()
+    progress = make_progress(name, started)
+    result = Result(name)
+    script = REPO / MODELS[name][0]
+    module = load_build_module(name, script)
+    key = cache_key(script, module)
+    entry = cache_root() / name / key
+    manifest = None if force else is_valid(entry)
+    if manifest is None:
+        progress(f"building (cache key {key[:12]}) ...")
+        manifest = build_into_cache(module, key, entry, progress)
+        result.status = "built"
+    else:
+        result.status = "cached"
+    dest = artifacts_root() / name
+    copied = publish(entry, manifest, dest)
+    progress(f"{result.status}, {'copied to' if copied else 'already in'} {dest}")
+    result.version = manifest.version
+    result.metrics = manifest.metrics
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def print_summary(results: list[Result]) -> None:
+    """One line per model: name, version, cached/built/failed, key metrics, seconds."""
+    print("\n" + f"{'model':<10} {'version':<20} {'status':<7} {'seconds':>8}  metrics")
+    print("-" * 100)
+    for r in results:
+        keys = MODELS[r.name][1]
+        shown = ", ".join(f"{k}={r.metrics[k]:.4g}" for k in keys if k in r.metrics) or r.error
+        print(f"{r.name:<10} {r.version:<20} {r.status:<7} {r.seconds:8.1f}  {shown}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the selected models; return 0 if all succeeded, 1 otherwise."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="+", choices=list(MODELS), metavar="NAME", help="models to build")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the cache has the artifact")
+    args = parser.parse_args(argv)
+
+    # No model hub here: every weight comes from an installed package, so never try the network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    names = [n for n in MODELS if args.only is None or n in args.only]
+    print(f"cache: {cache_root()}\nartifacts: {artifacts_root()}", flush=True)
+    results: list[Result] = []
+    for name in names:
+        started = time.monotonic()
+        try:
+            results.append(run_one(name, args.force))
+        except Exception as exc:  # noqa: BLE001  (report every model, then fail the run)
+            traceback.print_exc()
+            seconds = time.monotonic() - started
+            results.append(Result(name, seconds=seconds, error=f"{type(exc).__name__}: {exc}"))
+    print_summary(results)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        for r in failed:
+            print(f"error: model {r.name!r} failed to build: {r.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
