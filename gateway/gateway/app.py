@@ -59,7 +59,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         drain.watch_sigterm()
-        http = make_http_client(settings.upstream_max_connections)
+        http = make_http_client(settings.upstream_max_connections, settings.upstream_transport)
         if transport is not None:
             http = httpx.AsyncClient(transport=transport)
         keys = open_store(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, HttpUrl, RedisDsn
 
@@ -39,3 +40,5 @@ class GatewaySettings(CommonSettings):
     # Connections kept per upstream; enough for the gateway's concurrency, bounded so a slow service
     # cannot take every socket.
     upstream_max_connections: int = Field(default=256, ge=1)
+    # Connection pool behind the httpx client: "aiohttp" (httpx-aiohttp) or httpx's own "httpx".
+    upstream_transport: Literal["aiohttp", "httpx"] = "aiohttp"

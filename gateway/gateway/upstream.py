@@ -187,7 +187,20 @@ def _is_error_shape(content: bytes) -> bool:
     return isinstance(body, dict) and isinstance(body.get("error"), dict) and "code" in body["error"]
 
 
-def make_http_client(max_connections: int) -> httpx.AsyncClient:
-    """The pooled client; made once in the lifespan, never per request."""
+def make_http_client(max_connections: int, transport: str = "httpx") -> httpx.AsyncClient:
+    """The pooled client; made once in the lifespan, never per request.
+
+    `transport="aiohttp"` keeps httpx's API but moves the connection pool to aiohttp's, which is
+    several times faster under concurrency (httpx's own pool is the bottleneck: encode/httpx#3215);
+    the benchmark report (`make bench`) has the measurement behind the default.
+    """
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    if transport == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return httpx.AsyncClient(
+            transport=AiohttpTransport(limits=limits, trust_env=False),
+            follow_redirects=False,
+            trust_env=False,
+        )
     return httpx.AsyncClient(limits=limits, follow_redirects=False, trust_env=False)
