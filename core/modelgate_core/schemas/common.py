@@ -7,10 +7,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class StrictModel(BaseModel):
-    """Request models refuse unknown fields, so a typo is an error rather than silently dropped."""
+# Request models refuse unknown fields (a typo is an error, not silently dropped) and do not coerce
+# types (`"5.1"` or `true` for a number is an error, not a guess); JSON integers still pass as floats.
+REQUEST_CONFIG = ConfigDict(extra="forbid", strict=True)
 
-    model_config = ConfigDict(extra="forbid")
+
+class StrictModel(BaseModel):
+    """Base of every request model: see `REQUEST_CONFIG`."""
+
+    model_config = REQUEST_CONFIG
 
 
 class ModelRef(BaseModel):

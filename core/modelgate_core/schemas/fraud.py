@@ -13,6 +13,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from modelgate_core.schemas.common import REQUEST_CONFIG
+
 # Night is 00:00-06:59, as in the handbook (hour <= 6); the validator keeps flag and hour consistent.
 NIGHT_LAST_HOUR = 6
 _MAX_AMOUNT = 1_000_000.0
@@ -20,10 +22,15 @@ _MAX_COUNT = 1_000_000
 
 
 class FraudTransaction(BaseModel):
-    """One card transaction with its engineered features (amounts in the card's currency)."""
+    """One card transaction with its engineered features (amounts in the card's currency).
+
+    Beyond each field's range, a vector must be one a real transaction can have: `tx_during_night` is 1
+    exactly when `tx_hour` <= 6, and for the customer and the terminal the 1-day count <= the 7-day count
+    <= the 30-day count. Anything else is refused with 422.
+    """
 
     model_config = ConfigDict(
-        extra="forbid",
+        **REQUEST_CONFIG,
         json_schema_extra={
             "examples": [
                 {

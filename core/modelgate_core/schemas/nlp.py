@@ -6,16 +6,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from modelgate_core.schemas.common import ModelRef, StrictModel
+from modelgate_core.schemas.common import REQUEST_CONFIG, ModelRef, StrictModel
 
-# Whitespace-only text has no sentiment: stripping first makes it fail min_length.
-SentimentText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=5000)]
+# Whitespace-only text has no sentiment: the pattern asks for one visible character, and says so in
+# the schema (stripping before the length check would make the schema lie about what is accepted).
+SentimentText = Annotated[str, StringConstraints(min_length=1, max_length=5000, pattern=r"\S")]
 SentimentLabel = Literal["positive", "negative"]
 
 
 class SentimentRequest(StrictModel):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"text": "I love this product!"}]}
+        **REQUEST_CONFIG, json_schema_extra={"examples": [{"text": "I love this product!"}]}
     )
 
     text: SentimentText
@@ -32,7 +33,7 @@ class SentimentResponse(SentimentPrediction):
 
 class SentimentBatchRequest(StrictModel):
     model_config = ConfigDict(
-        extra="forbid",
+        **REQUEST_CONFIG,
         json_schema_extra={"examples": [{"texts": ["I love it", "This is awful"]}]},
     )
 

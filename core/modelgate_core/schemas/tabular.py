@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelgate_core.schemas.common import ModelRef, StrictModel
+from modelgate_core.schemas.common import REQUEST_CONFIG, ModelRef, StrictModel
 
 # Real flowers are a few centimetres; > 0 and ≤ 100 refuses garbage without refusing odd specimens.
 Centimetres = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
@@ -17,7 +17,7 @@ class IrisFeatures(StrictModel):
     """One flower's measurements, in centimetres."""
 
     model_config = ConfigDict(
-        extra="forbid",
+        **REQUEST_CONFIG,
         json_schema_extra={
             "examples": [{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}]
         },

@@ -12,9 +12,11 @@ from modelgate_core.schemas.common import ErrorResponse
 PROXY_ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse, "description": description}
     for code, description in {
+        400: "The body could not be read as the declared content type",
         401: "Missing or unknown API key",
         403: "The key lacks this route's scope",
         413: "Request body too large",
+        429: "Rate limit exceeded; see Retry-After",
         422: "Invalid input; `details` lists the fields",
         502: "The service gave an invalid answer",
         503: "The service is down or its model is not loaded",
