@@ -21,45 +21,43 @@ from devstack import LocalStack, free_port, running_stack  # noqa: E402
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server of our own on a free port, stopped at the end (never someone else's)."""
+def start_redis(port: int, workdir: Path, persist: bool = False) -> subprocess.Popen[bytes]:
+    """Start a real redis-server of our own on `port` and wait until it answers."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: run scripts/ensure_test_services.sh (make test does)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
+    persistence = ["--appendonly", "yes"] if persist else ["--save", "", "--appendonly", "no"]
     proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), *persistence],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        import redis
+    import redis
 
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("redis-server did not start")
-        yield url
+    client = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            if client.ping():
+                return proc
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    proc.terminate()
+    pytest.fail("redis-server did not start")
+
+
+@pytest.fixture(scope="session")
+def redis_starter() -> Callable[[int, Path, bool], subprocess.Popen[bytes]]:
+    """`start_redis` for tests that need to stop and restart their own Redis."""
+    return start_redis
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server of our own on a free port, stopped at the end (never someone else's)."""
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
         proc.wait(10)

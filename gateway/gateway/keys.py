@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gateway.redis_client import make_redis, with_reconnect
 from modelgate_core.errors import ServiceUnavailable
 
 SCOPES = frozenset({"tabular", "vision", "nlp", "*"})
@@ -193,7 +194,7 @@ class RedisKeyStore(KeyStore):
     def __init__(self, url: str, cache_seconds: float = 5.0) -> None:
         import redis.asyncio as redis
 
-        self.redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.redis = make_redis(url, timeout=1.0)
         self._redis_error = redis.RedisError
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
@@ -204,7 +205,7 @@ class RedisKeyStore(KeyStore):
         if hit is not None and hit[0] > now:
             return hit[1]
         try:
-            raw = await self.redis.hget(_REDIS_KEYS, key_hash)  # type: ignore[misc]
+            raw = await with_reconnect(self.redis, lambda: self.redis.hget(_REDIS_KEYS, key_hash))
         except (self._redis_error, OSError) as exc:
             raise KeyStoreUnavailable("The API key store is unavailable; try again shortly") from exc
         record = ApiKey.from_json(raw) if raw else None

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
+from gateway.redis_client import make_redis, with_reconnect
+
 logger = logging.getLogger("gateway.ratelimit")
 
 RATE_LIMITED = Counter("modelgate_rate_limited_total", "Requests refused with 429, by key name.", ["key"])
@@ -103,15 +105,14 @@ class RedisRateLimiter(RateLimiter):
     """State in Redis, one atomic script per request."""
 
     def __init__(self, url: str, timeout: float) -> None:
-        import redis.asyncio as redis
-
-        self.redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.redis = make_redis(url, timeout)
         self._script = self.redis.register_script(_GCRA_LUA)
 
     async def hit(self, key: str, limit: Limit) -> Decision:
         interval = 1000.0 / limit.rate
-        allowed, remaining, reset_ms, retry_ms = await self._script(
-            keys=[f"modelgate:ratelimit:{key}"], args=[interval, limit.burst]
+        allowed, remaining, reset_ms, retry_ms = await with_reconnect(
+            self.redis,
+            lambda: self._script(keys=[f"modelgate:ratelimit:{key}"], args=[interval, limit.burst]),
         )
         return Decision(
             bool(allowed), limit.burst, int(remaining), float(reset_ms) / 1000, float(retry_ms) / 1000

@@ -124,6 +124,13 @@ class ReplicaResolver:
         self._next = (self._next + 1) % len(self.addresses)
         return self.addresses[self._next]
 
+    def forget(self, address: str) -> None:
+        """Stop using an address that refused or timed out a connection, and re-resolve on the next
+        pick: a stopped container's address never answers, so retrying it only burns the timeout."""
+        if address in self.addresses:
+            self.addresses.remove(address)
+        self._resolved_at = -1e9
+
     async def _refresh(self) -> None:
         self._resolved_at = time.monotonic()
         try:

@@ -46,9 +46,9 @@ class Upstream:
         self.breaker = CircuitBreaker(self.name)
         self.resolver = ReplicaResolver(url.host, url.port or 80)
 
-    async def url_for(self, path: str) -> str:
-        """Absolute URL of `path` on the next replica."""
-        return f"{self.scheme}://{await self.resolver.pick()}:{self.resolver.port}{path}"
+    def url_for(self, address: str, path: str) -> str:
+        """Absolute URL of `path` on the replica at `address`."""
+        return f"{self.scheme}://{address}:{self.resolver.port}{path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +100,11 @@ class UpstreamClient:
         attempt = 0
         try:
             while True:
+                address = await upstream.resolver.pick()
                 try:
                     response = await self.client.request(
                         method,
-                        await upstream.url_for(path),
+                        upstream.url_for(address, path),
                         content=content,
                         params=params,
                         headers=headers,
@@ -111,6 +112,7 @@ class UpstreamClient:
                     )
                     break
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    upstream.resolver.forget(address)
                     if probe or attempt >= self.max_retries or not self.budget.withdraw():
                         outcome = type(exc).__name__
                         raise
