@@ -5,7 +5,15 @@
 Each model has a build script (`<service>/build_<model>.py`) exposing NAME, VERSION, LIBRARIES,
 `inputs()` (data and helper files it depends on) and `build(out_dir, progress) -> Manifest`.
 The cache key is the sha256 of the build script, core/modelgate_core/artifacts.py, the script's
-input files and the installed versions of its libraries. A cache hit under
+input files and the installed versions of its libraries.
+
+A derived artifact (an ONNX export) has a script with PARENT (the artifact it is made from) instead of
+VERSION, and `build(out_dir, progress, parent_dir, parent_manifest) -> Manifest`; it is made into its
+own folder, so the parent's files, manifest and cache entry never change. Its key adds the parent's
+version and file hashes; its version is `<parent version>.<marker>.<key[:12]>`, the marker ("onnx",
+"onnx-int8") being the version its build returns. Selecting a derived artifact selects its parent too.
+
+A cache hit under
 `${MODELGATE_CACHE_DIR:-~/.cache/modelgate}/models/<name>/<key>/` is verified and copied to
 `${ARTIFACTS_DIR:-<repo>/artifacts}/<name>/`; a miss is built into a temp dir, stored, then copied.
 """
@@ -55,6 +63,15 @@ MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "imagenet": ("vision-service/build_imagenet.py", ("published_top1", "sanity_top5_hits")),
     "sentiment": ("nlp-service/build_sentiment.py", ("accuracy", "macro_f1")),
+    # Derived artifacts, after their parents.
+    "imagenet-onnx": (
+        "vision-service/export_imagenet_onnx.py",
+        ("max_abs_diff_logits", "max_abs_diff_probs", "top5_agreement"),
+    ),
+    "sentiment-onnx": (
+        "nlp-service/export_sentiment_onnx.py",
+        ("accuracy", "max_abs_diff_probs", "accuracy_int8", "batch_variation_int8"),
+    ),
 }
 
 
@@ -90,7 +107,7 @@ def library_version(dist: str) -> str:
         return "missing"
 
 
-def cache_key(script: Path, module: ModuleType) -> str:
+def cache_key(script: Path, module: ModuleType, parent: Manifest | None = None) -> str:
     """sha256 over everything that determines the artifact; any change means a rebuild."""
     digest = hashlib.sha256()
 
@@ -106,6 +123,10 @@ def cache_key(script: Path, module: ModuleType) -> str:
     for dist in sorted(module.LIBRARIES):
         add(f"lib:{dist}", library_version(dist).encode())
     add("python", f"{sys.version_info.major}.{sys.version_info.minor}".encode())
+    if parent is not None:
+        add("parent", f"{parent.name} {parent.version}".encode())
+        for rel, sha in sorted(parent.files.items()):
+            add(f"parent:{rel}", sha.encode())
     return digest.hexdigest()
 
 
@@ -163,15 +184,26 @@ def private_to_shared(path: Path) -> Path:
     return path
 
 
-def build_into_cache(module: ModuleType, key: str, entry: Path, progress: Callable[[str], None]) -> Manifest:
+def build_into_cache(
+    module: ModuleType,
+    key: str,
+    entry: Path,
+    progress: Callable[[str], None],
+    parent: tuple[Path, Manifest] | None = None,
+) -> Manifest:
     """Build into a temp dir next to the cache entry, then rename it into place (atomic)."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = private_to_shared(Path(tempfile.mkdtemp(dir=entry.parent, prefix=".build-")))
     try:
         seed_everything(tuple(module.LIBRARIES))
-        manifest: Manifest = module.build(tmp, progress)
+        if parent is None:
+            manifest: Manifest = module.build(tmp, progress)
+            version = f"{module.VERSION}+{key[:12]}"
+        else:
+            manifest = module.build(tmp, progress, *parent)
+            version = f"{parent[1].version}.{manifest.version}.{key[:12]}"
         private_to_shared(tmp)
-        manifest = manifest.model_copy(update={"version": f"{module.VERSION}+{key[:12]}"})
+        manifest = manifest.model_copy(update={"version": version})
         write_manifest(tmp, manifest)
         verify_files(tmp, manifest)
         if entry.exists():  # a broken entry from an interrupted or tampered run
@@ -210,6 +242,24 @@ def publish(entry: Path, manifest: Manifest, dest: Path) -> bool:
     return True
 
 
+def resolve_parent(module: ModuleType) -> tuple[Path, Manifest] | None:
+    """A derived artifact's parent as published (folder, verified manifest); None for a plain build."""
+    parent_name = getattr(module, "PARENT", None)
+    if parent_name is None:
+        return None
+    parent_dir = artifacts_root() / parent_name
+    manifest = is_valid(parent_dir)
+    if manifest is None:
+        raise ArtifactError(f"{module.NAME} needs a valid {parent_dir}: build {parent_name!r} first")
+    return parent_dir, manifest
+
+
+def parent_of(name: str) -> str | None:
+    """The PARENT a build script declares (its module-level code is cheap: heavy imports are in build)."""
+    parent: str | None = getattr(load_build_module(name, REPO / MODELS[name][0]), "PARENT", None)
+    return parent
+
+
 def run_one(name: str, force: bool) -> Result:
     """Resolve one model from the cache or build it, then publish it to the artifacts folder."""
     started = time.monotonic()
@@ -217,12 +267,13 @@ def run_one(name: str, force: bool) -> Result:
     result = Result(name)
     script = REPO / MODELS[name][0]
     module = load_build_module(name, script)
-    key = cache_key(script, module)
+    parent = resolve_parent(module)
+    key = cache_key(script, module, parent[1] if parent else None)
     entry = cache_root() / name / key
     manifest = None if force else is_valid(entry)
     if manifest is None:
         progress(f"building (cache key {key[:12]}) ...")
-        manifest = build_into_cache(module, key, entry, progress)
+        manifest = build_into_cache(module, key, entry, progress, parent)
         result.status = "built"
     else:
         result.status = "cached"
@@ -237,12 +288,12 @@ def run_one(name: str, force: bool) -> Result:
 
 def print_summary(results: list[Result]) -> None:
     """One line per model: name, version, cached/built/failed, key metrics, seconds."""
-    print("\n" + f"{'model':<10} {'version':<20} {'status':<7} {'seconds':>8}  metrics")
-    print("-" * 100)
+    print("\n" + f"{'model':<14} {'version':<40} {'status':<7} {'seconds':>8}  metrics")
+    print("-" * 120)
     for r in results:
         keys = MODELS[r.name][1]
         shown = ", ".join(f"{k}={r.metrics[k]:.4g}" for k in keys if k in r.metrics) or r.error
-        print(f"{r.name:<10} {r.version:<20} {r.status:<7} {r.seconds:8.1f}  {shown}")
+        print(f"{r.name:<14} {r.version:<40} {r.status:<7} {r.seconds:8.1f}  {shown}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,11 +310,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    names = [n for n in MODELS if args.only is None or n in args.only]
+    selected = set(MODELS if args.only is None else args.only)
+    # A derived artifact is made from its parent as published, so the parent is resolved first.
+    selected |= {p for n in list(selected) if (p := parent_of(n)) is not None}
+    names = [n for n in MODELS if n in selected]
     print(f"cache: {cache_root()}\nartifacts: {artifacts_root()}", flush=True)
     results: list[Result] = []
     for name in names:
         started = time.monotonic()
+        parent = parent_of(name)
+        if parent is not None and any(r.name == parent and r.status == "failed" for r in results):
+            # Never derive from a stale parent left in the artifacts folder by an earlier run.
+            results.append(Result(name, error=f"not built: its parent {parent!r} failed"))
+            continue
         try:
             results.append(run_one(name, args.force))
         except Exception as exc:  # noqa: BLE001  (report every model, then fail the run)

@@ -3,7 +3,8 @@
 A model is a `ModelRunner` with four steps (as in LitServe): `load` once at start-up, `preprocess`
 one input, `predict` a batch of preprocessed inputs, `postprocess` one raw output. `ServedModel` owns
 a runner for a service: loads it off the event loop, tracks readiness, and runs inference in a worker
-thread with bounded concurrency so that CPU-bound work never blocks the event loop.
+thread with bounded concurrency so that CPU-bound work never blocks the event loop. With a
+`BatchPolicy`, concurrent `infer` calls are merged into one model call (see `modelgate_core.batching`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import anyio
 import anyio.to_thread
 
 from modelgate_core.artifacts import Manifest, read_manifest, verify_files
+from modelgate_core.batching import Batcher, BatchPolicy
 from modelgate_core.context import record_timing
 from modelgate_core.errors import ServiceUnavailable
 from modelgate_core.metrics import MODEL_BATCH_SIZE, MODEL_INFERENCE, MODEL_READY
@@ -57,7 +59,12 @@ class ModelRunner(ABC, Generic[InputT, OutputT]):
 
 
 class ServedModel(Generic[InputT, OutputT]):
-    """A runner, its artifact and its readiness, as one service serves it."""
+    """A runner, its artifact and its readiness, as one service serves it.
+
+    `name` is the public name (readiness, `/v1/models`, metrics, responses); `artifact` is the folder
+    under `artifacts_dir` to load, by default the same (e.g. "imagenet" served from "imagenet-onnx").
+    `batching` merges concurrent `infer` calls into one model call; None runs each call on its own.
+    """
 
     def __init__(
         self,
@@ -66,16 +73,21 @@ class ServedModel(Generic[InputT, OutputT]):
         artifacts_dir: Path,
         *,
         max_concurrency: int = 1,
+        batching: BatchPolicy | None = None,
+        artifact: str | None = None,
     ) -> None:
         self.name = name
         self.runner = runner
-        self.model_dir = artifacts_dir / name
+        self.model_dir = artifacts_dir / (artifact or name)
         self.state: LoadState = "pending"
         self.error: str | None = None
         self.manifest: Manifest | None = None
         # Bounds parallel inference in this worker: torch already uses several threads per call,
         # so running many calls at once would only oversubscribe the cores.
         self._limiter = anyio.CapacityLimiter(max_concurrency)
+        self._batcher: Batcher[InputT, OutputT] | None = (
+            Batcher(self._run_batch, batching, concurrency=max_concurrency) if batching else None
+        )
 
     @property
     def ready(self) -> bool:
@@ -87,6 +99,7 @@ class ServedModel(Generic[InputT, OutputT]):
             return {"name": self.name, "state": self.state}
         return {
             "name": self.name,
+            "artifact": self.model_dir.name,
             "version": self.manifest.version,
             "domain": self.manifest.domain,
             "framework": self.manifest.framework,
@@ -97,9 +110,10 @@ class ServedModel(Generic[InputT, OutputT]):
         }
 
     def model_ref(self) -> dict[str, str]:
-        """The `{"name", "version"}` object every prediction response carries."""
+        """The `{"name", "version"}` object every prediction response carries: the public name and
+        the version of the artifact that answered (an ONNX export's says so, see build_models.py)."""
         assert self.manifest is not None
-        return {"name": self.manifest.name, "version": self.manifest.version}
+        return {"name": self.name, "version": self.manifest.version}
 
     def _load_blocking(self) -> None:
         started = time.perf_counter()
@@ -128,19 +142,57 @@ class ServedModel(Generic[InputT, OutputT]):
         self.state = "ready"
         MODEL_READY.labels(self.name).set(1)
 
-    def _infer_blocking(self, items: Sequence[InputT]) -> list[OutputT]:
-        prepared = [self.runner.preprocess(item) for item in items]
+    def _predict(self, prepared: list[Any]) -> Sequence[Any]:
         started = time.perf_counter()
         raw = self.runner.predict(prepared)
         MODEL_INFERENCE.labels(self.name).observe(time.perf_counter() - started)
         MODEL_BATCH_SIZE.labels(self.name).observe(len(prepared))
-        return [self.runner.postprocess(r) for r in raw]
+        return raw
+
+    def _infer_blocking(self, items: Sequence[InputT]) -> list[OutputT]:
+        prepared = [self.runner.preprocess(item) for item in items]
+        return [self.runner.postprocess(r) for r in self._predict(prepared)]
+
+    def _infer_each_blocking(self, items: list[InputT]) -> list[OutputT | BaseException]:
+        """A merged batch: an input that fails pre- or postprocessing gets its exception as its outcome,
+        so that only its own caller fails; the others are predicted together."""
+        outcomes: list[OutputT | BaseException] = []
+        good: list[int] = []
+        prepared: list[Any] = []
+        for i, item in enumerate(items):
+            try:
+                prepared.append(self.runner.preprocess(item))
+                good.append(i)
+                outcomes.append(_PENDING)
+            except Exception as exc:  # noqa: BLE001  (handed to that input's caller)
+                outcomes.append(exc)
+        if prepared:
+            for i, raw in zip(good, self._predict(prepared), strict=True):
+                try:
+                    outcomes[i] = self.runner.postprocess(raw)
+                except Exception as exc:  # noqa: BLE001  (handed to that input's caller)
+                    outcomes[i] = exc
+        return outcomes
+
+    async def _run_batch(self, items: list[InputT]) -> list[OutputT | BaseException]:
+        return await anyio.to_thread.run_sync(self._infer_each_blocking, items, limiter=self._limiter)
 
     async def infer(self, items: Sequence[InputT]) -> list[OutputT]:
-        """Predict for a batch of inputs off the event loop; 503 while the model is not loaded."""
+        """Predict for a batch of inputs off the event loop; 503 while the model is not loaded.
+
+        With batching on, these inputs may share one model call with other callers' inputs; they are
+        never split, and the results come back in input order either way.
+        """
         if not self.ready:
             raise ServiceUnavailable(f"Model '{self.name}' is not ready ({self.state})")
         started = time.perf_counter()
-        results = await anyio.to_thread.run_sync(self._infer_blocking, items, limiter=self._limiter)
+        if self._batcher is not None:
+            results = await self._batcher.submit(items)
+        else:
+            results = await anyio.to_thread.run_sync(self._infer_blocking, items, limiter=self._limiter)
         record_timing("model", (time.perf_counter() - started) * 1000)
         return results
+
+
+# Placeholder for an outcome not computed yet (replaced before `_infer_each_blocking` returns).
+_PENDING: Any = object()

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from pydantic import Field
 
+from modelgate_core.batching import BatchPolicy
 from modelgate_core.config import CommonSettings
 from modelgate_core.errors import install_error_handlers
 from modelgate_core.health import Drain, health_router
@@ -25,6 +26,26 @@ class ServiceSettings(CommonSettings):
     artifacts_dir: Path = Path("artifacts")
     # Largest upload accepted (vision), in bytes.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1_024)
+
+
+class BatchingSettings(ServiceSettings):
+    """Settings of a service whose model batches concurrent requests (BATCHING, BATCH_MAX_SIZE,
+    BATCH_MAX_WAIT_MS); see `modelgate_core.batching`."""
+
+    batching: bool = True
+    # Inputs per model call at most; a single request with more (an NLP batch of 64) still runs whole.
+    batch_max_size: int = Field(default=32, ge=1, le=1024)
+    # How long the first input of a batch may wait for others. 0: never wait while the model is idle;
+    # batches then form only from what queues while it is busy, which on CPU is where they pay (a
+    # batch saves little per input there, and a wait is added to every request at low load). Worth
+    # raising where batches are much cheaper per input (GPU). Measured by scripts/bench_runtime.py.
+    batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+
+    def batch_policy(self) -> BatchPolicy | None:
+        """The policy for `ServedModel(batching=...)`, or None when batching is off."""
+        if not self.batching:
+            return None
+        return BatchPolicy(max_batch_size=self.batch_max_size, max_wait_ms=self.batch_max_wait_ms)
 
 
 def create_service_app(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from fastapi import FastAPI
 from pydantic import Field
 
 from modelgate_core.model import ServedModel
-from modelgate_core.service import ServiceSettings, create_service_app
+from modelgate_core.service import BatchingSettings, create_service_app
+from nlp_service.onnx_runner import OnnxSentimentRunner
 from nlp_service.routes import nlp_router
 from nlp_service.runners import SentimentRunner
 
@@ -20,20 +22,29 @@ def default_torch_threads() -> int:
     return max(1, cores // workers)
 
 
-class NlpSettings(ServiceSettings):
+class NlpSettings(BatchingSettings):
     service_name: str = "nlp-service"
-    # torch intra-op threads per worker; the default splits the cores between the workers.
+    # Which artifact answers: "onnx" (artifacts/sentiment-onnx on ONNX Runtime, the faster one: see
+    # scripts/bench_runtime.py) or "torch" (artifacts/sentiment). Responses name the model "sentiment" either
+    # way; the version says which artifact answered (the ONNX one's ends in ".onnx.<key>").
+    runtime: Literal["onnx", "torch"] = "onnx"
+    # Intra-op threads per worker, for torch or ONNX Runtime; the default splits the cores between workers.
     torch_threads: int = Field(default_factory=default_torch_threads, ge=1)
-    # One inference at a time per worker: torch already spreads each one over `torch_threads`.
+    # One model call at a time per worker: each one is already spread over `torch_threads`.
     inference_concurrency: int = Field(default=1, ge=1)
 
 
 def create_app(settings: NlpSettings | None = None) -> FastAPI:
     """Build the app; the model loads in its lifespan, not here."""
     settings = settings or NlpSettings()
-    runner = SentimentRunner(torch_threads=settings.torch_threads)
+    runner_class = OnnxSentimentRunner if settings.runtime == "onnx" else SentimentRunner
     sentiment = ServedModel(
-        "sentiment", runner, settings.artifacts_dir, max_concurrency=settings.inference_concurrency
+        "sentiment",
+        runner_class(torch_threads=settings.torch_threads),
+        settings.artifacts_dir,
+        artifact="sentiment-onnx" if settings.runtime == "onnx" else "sentiment",
+        max_concurrency=settings.inference_concurrency,
+        batching=settings.batch_policy(),
     )
     return create_service_app(
         title="ModelGate nlp-service",

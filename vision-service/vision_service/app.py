@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from fastapi import FastAPI
 from pydantic import Field
 
 from modelgate_core.model import ServedModel
-from modelgate_core.service import ServiceSettings, create_service_app
+from modelgate_core.service import BatchingSettings, create_service_app
+from vision_service.onnx_runner import OnnxImageNetRunner
 from vision_service.routes import vision_router
 from vision_service.runners import ImageNetRunner
 
@@ -22,12 +24,20 @@ def default_torch_threads() -> int:
     return max(1, cores // workers)
 
 
-class VisionSettings(ServiceSettings):
+class VisionSettings(BatchingSettings):
     service_name: str = "vision-service"
-    # torch intra-op threads per worker; the default splits the cores between the workers.
+    # Which artifact answers: "onnx" (artifacts/imagenet-onnx on ONNX Runtime, the faster one: see
+    # scripts/bench_runtime.py) or "torch" (artifacts/imagenet). Responses name the model "imagenet" either
+    # way; the version says which artifact answered (the ONNX one's ends in ".onnx.<key>").
+    runtime: Literal["onnx", "torch"] = "onnx"
+    # Intra-op threads per worker, for torch or ONNX Runtime; the default splits the cores between workers.
     torch_threads: int = Field(default_factory=default_torch_threads, ge=1)
-    # One inference at a time per worker: torch already spreads each one over `torch_threads`.
+    # One model call at a time per worker: each one is already spread over `torch_threads`.
     inference_concurrency: int = Field(default=1, ge=1)
+    # Off by default: on 2 CPU cores an image costs nearly as much in a batch as alone (ONNX: 4.5 ms,
+    # 3.5-3.9 in batches of 8-32), and at 32 clients BATCHING=true gave +10-14% throughput with a p95
+    # equal on a quiet machine but worse under contention (3 runs of scripts/bench_runtime.py).
+    batching: bool = False
     # Largest image accepted, in pixels (width x height), whatever its file size: refuses bombs.
     max_image_pixels: int = Field(default=40_000_000, ge=1)
 
@@ -35,9 +45,15 @@ class VisionSettings(ServiceSettings):
 def create_app(settings: VisionSettings | None = None) -> FastAPI:
     """Build the app; the model loads in its lifespan, not here."""
     settings = settings or VisionSettings()
-    runner = ImageNetRunner(max_pixels=settings.max_image_pixels, torch_threads=settings.torch_threads)
+    runner_class = OnnxImageNetRunner if settings.runtime == "onnx" else ImageNetRunner
+    runner = runner_class(max_pixels=settings.max_image_pixels, torch_threads=settings.torch_threads)
     imagenet = ServedModel(
-        "imagenet", runner, settings.artifacts_dir, max_concurrency=settings.inference_concurrency
+        "imagenet",
+        runner,
+        settings.artifacts_dir,
+        artifact="imagenet-onnx" if settings.runtime == "onnx" else "imagenet",
+        max_concurrency=settings.inference_concurrency,
+        batching=settings.batch_policy(),
     )
     return create_service_app(
         title="ModelGate vision-service",

@@ -6,7 +6,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 # Request models refuse unknown fields (a typo is an error, not silently dropped) and do not coerce
 # types (`"5.1"` or `true` for a number is an error, not a guess); JSON integers still pass as floats.
 REQUEST_CONFIG = ConfigDict(extra="forbid", strict=True)
