@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import APIRouter, FastAPI
 
+from gateway.cache import MemoryResponseCache, RedisResponseCache, ResponseCache
 from gateway.config import GatewaySettings
 from gateway.deps import GatewayState
 from gateway.keys import open_store
@@ -47,6 +48,17 @@ def make_limiter(settings: GatewaySettings) -> RateLimiter | None:
     return MemoryRateLimiter()
 
 
+def make_cache(settings: GatewaySettings) -> ResponseCache | None:
+    """The response cache when enabled: in Redis when configured, otherwise per process."""
+    if not settings.response_cache_enabled:
+        return None
+    if settings.redis_url:
+        return RedisResponseCache(
+            str(settings.redis_url), settings.response_cache_ttl_seconds, settings.rate_limit_timeout
+        )
+    return MemoryResponseCache(settings.response_cache_ttl_seconds)
+
+
 def create_app(
     settings: GatewaySettings | None = None, transport: httpx.AsyncBaseTransport | None = None
 ) -> FastAPI:
@@ -68,12 +80,14 @@ def create_app(
             settings.key_cache_seconds,
         )
         limiter = make_limiter(settings)
+        cache = make_cache(settings)
         app.state.gateway = GatewayState(
             settings=settings,
             client=UpstreamClient(http, settings.connect_timeout),
             keys=keys,
             upstreams=build_upstreams(settings),
             limiter=limiter,
+            cache=cache,
         )
         try:
             yield
@@ -82,6 +96,8 @@ def create_app(
             await keys.close()
             if limiter is not None:
                 await limiter.close()
+            if cache is not None:
+                await cache.close()
 
     app = FastAPI(title="ModelGate", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)

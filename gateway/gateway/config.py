@@ -31,6 +31,12 @@ class GatewaySettings(CommonSettings):
     rate_limit_fail_open: bool = True
     rate_limit_timeout: float = Field(default=0.25, gt=0)
 
+    # Cache of deterministic predictions (tabular, nlp), keyed by model versions and canonical input.
+    response_cache_enabled: bool = False
+    response_cache_ttl_seconds: float = Field(default=300.0, gt=0)
+    # Image uploads are large and rarely repeated: cached only when asked for.
+    response_cache_vision: bool = False
+
     connect_timeout: float = Field(default=1.0, gt=0)
     tabular_timeout: float = Field(default=5.0, gt=0)
     vision_timeout: float = Field(default=30.0, gt=0)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from gateway.cache import ResponseCache
 from gateway.config import GatewaySettings
 from gateway.keys import ApiKey, KeyStore
 from gateway.ratelimit import RATE_LIMIT_ERRORS, RATE_LIMITED, Limit, RateLimiter, headers_for
@@ -29,6 +30,9 @@ class GatewayState:
     keys: KeyStore
     upstreams: dict[str, Upstream]
     limiter: RateLimiter | None = None
+    cache: ResponseCache | None = None
+    # service -> (expires at, "model=version,..."), for cache keys
+    model_versions: dict[str, tuple[float, str]] = field(default_factory=dict)
 
 
 async def get_state(request: Request) -> GatewayState:

@@ -56,3 +56,21 @@ def test_unreachable_redis_is_not_ready() -> None:
             await store.close()
 
     assert asyncio.run(scenario()) is False
+
+
+def test_redis_response_cache_shared_with_ttl(redis_url: str) -> None:
+    from gateway.cache import RedisResponseCache
+
+    async def scenario() -> tuple[bytes | None, bytes | None, bytes | None]:
+        writer, reader = RedisResponseCache(redis_url, 0.2, 1.0), RedisResponseCache(redis_url, 0.2, 1.0)
+        await writer.put("modelgate:cache:test", b'{"label":"setosa"}')
+        shared = await reader.get("modelgate:cache:test")
+        await asyncio.sleep(0.3)
+        expired = await reader.get("modelgate:cache:test")
+        down = RedisResponseCache("redis://127.0.0.1:1/0", 1.0, 0.2)
+        outage = await down.get("anything")  # an outage is a miss, not an error
+        for cache in (writer, reader, down):
+            await cache.close()
+        return shared, expired, outage
+
+    assert asyncio.run(scenario()) == (b'{"label":"setosa"}', None, None)

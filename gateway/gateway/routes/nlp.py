@@ -18,12 +18,12 @@ router = APIRouter(prefix="/nlp", tags=["nlp"], responses=PROXY_ERRORS)  # type:
 
 
 @router.post("/sentiment", response_model=SentimentResponse, summary="Sentiment of one text")
-async def sentiment(_body: SentimentRequest, _key: NlpKey, state: State, request: Request) -> Response:
-    return await forward(state, "nlp", request)
+async def sentiment(body: SentimentRequest, _key: NlpKey, state: State, request: Request) -> Response:
+    return await forward(state, "nlp", request, body.model_dump_json().encode())
 
 
 @router.post("/sentiment/batch", response_model=SentimentBatchResponse, summary="Sentiment of up to 64 texts")
 async def sentiment_batch(
-    _body: SentimentBatchRequest, _key: NlpKey, state: State, request: Request
+    body: SentimentBatchRequest, _key: NlpKey, state: State, request: Request
 ) -> Response:
-    return await forward(state, "nlp", request)
+    return await forward(state, "nlp", request, body.model_dump_json().encode())

@@ -23,15 +23,15 @@ router = APIRouter(prefix="/tabular", tags=["tabular"], responses=PROXY_ERRORS) 
 
 
 @router.post("/iris", response_model=IrisResponse, summary="Predict the iris species of one flower")
-async def iris(_features: IrisFeatures, _key: TabularKey, state: State, request: Request) -> Response:
-    return await forward(state, "tabular", request)
+async def iris(features: IrisFeatures, _key: TabularKey, state: State, request: Request) -> Response:
+    return await forward(state, "tabular", request, features.model_dump_json().encode())
 
 
 @router.post("/iris/batch", response_model=IrisBatchResponse, summary="Predict up to 1000 flowers")
-async def iris_batch(_batch: IrisBatchRequest, _key: TabularKey, state: State, request: Request) -> Response:
-    return await forward(state, "tabular", request)
+async def iris_batch(batch: IrisBatchRequest, _key: TabularKey, state: State, request: Request) -> Response:
+    return await forward(state, "tabular", request, batch.model_dump_json().encode())
 
 
 @router.post("/fraud", response_model=FraudResponse, summary="Score one card transaction for fraud")
-async def fraud(_transaction: FraudTransaction, _key: TabularKey, state: State, request: Request) -> Response:
-    return await forward(state, "tabular", request)
+async def fraud(transaction: FraudTransaction, _key: TabularKey, state: State, request: Request) -> Response:
+    return await forward(state, "tabular", request, transaction.model_dump_json().encode())

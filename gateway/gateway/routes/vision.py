@@ -61,4 +61,8 @@ async def classify(
 ) -> Response:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise UnsupportedMediaType("Send the image as multipart/form-data with the field 'file'")
-    return await forward(state, "vision", request)
+    # Cached only when asked for; then the key covers the exact upload bytes and top_k.
+    cache_input = (
+        (await request.body()) + f"|top_k={top_k}".encode() if state.settings.response_cache_vision else None
+    )
+    return await forward(state, "vision", request, cache_input)

@@ -1,0 +1,106 @@
+"""The optional response cache: hits on the same canonical input, misses on a new model version."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.cache import MemoryResponseCache
+from gateway.config import GatewaySettings
+from gateway.keys import FileKeyStore
+
+IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+class Services:
+    def __init__(self) -> None:
+        self.version = "1"
+        self.predictions = 0
+        self.status = 200
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"models": [{"name": "iris", "version": self.version}]})
+        self.predictions += 1
+        if self.status != 200:
+            return httpx.Response(
+                self.status, json={"error": {"code": "service_unavailable", "message": "x"}}
+            )
+        return httpx.Response(
+            200, json={"label": "setosa", "model": {"name": "iris", "version": self.version}}
+        )
+
+
+@pytest.fixture
+def cached(tmp_path: Path) -> Iterator[tuple[TestClient, Services, str]]:
+    settings = GatewaySettings(api_keys_file=tmp_path / "keys.json", response_cache_enabled=True)
+    key, _ = asyncio.run(FileKeyStore(settings.api_keys_file).create("c", ("*",)))
+    services = Services()
+    with TestClient(create_app(settings, transport=httpx.MockTransport(services))) as client:
+        yield client, services, key
+
+
+def post(client: TestClient, key: str, body: bytes, path: str = "/v1/tabular/iris") -> httpx.Response:
+    return client.post(path, content=body, headers={"X-API-Key": key, "content-type": "application/json"})
+
+
+def test_same_canonical_input_hits(cached: tuple[TestClient, Services, str]) -> None:
+    client, services, key = cached
+    first = post(client, key, json.dumps(IRIS).encode())
+    # Same values, other key order and spacing, an int where a float was: the same canonical input.
+    reordered = dict(reversed(list({**IRIS, "sepal_width": 3.5}.items())))
+    second = post(client, key, json.dumps(reordered, indent=2).encode())
+    assert first.headers["x-cache"] == "miss" and second.headers["x-cache"] == "hit"
+    assert second.json() == first.json()
+    assert services.predictions == 1
+    other = post(client, key, json.dumps({**IRIS, "petal_width": 0.3}).encode())
+    assert other.headers["x-cache"] == "miss" and services.predictions == 2
+
+
+def test_new_model_version_is_a_miss(
+    cached: tuple[TestClient, Services, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, services, key = cached
+    body = json.dumps(IRIS).encode()
+    post(client, key, body)
+    services.version = "2"
+    client.app.state.gateway.model_versions.clear()  # type: ignore[attr-defined]  # skip the 5 s refresh
+    response = post(client, key, body)
+    assert response.headers["x-cache"] == "miss" and response.json()["model"]["version"] == "2"
+
+
+def test_errors_are_not_cached(cached: tuple[TestClient, Services, str]) -> None:
+    client, services, key = cached
+    services.status = 503
+    assert post(client, key, json.dumps(IRIS).encode()).status_code == 503
+    services.status = 200
+    assert post(client, key, json.dumps(IRIS).encode()).headers["x-cache"] == "miss"
+    assert services.predictions == 2
+
+
+def test_vision_not_cached_by_default(cached: tuple[TestClient, Services, str]) -> None:
+    client, _, key = cached
+    files = {"file": ("a.jpg", b"\xff\xd8\xff", "image/jpeg")}
+    response = client.post("/v1/vision/classify", files=files, headers={"X-API-Key": key})
+    assert "x-cache" not in response.headers
+
+
+def test_memory_cache_expires_and_is_bounded() -> None:
+    async def scenario() -> tuple[bytes | None, bytes | None, int]:
+        cache = MemoryResponseCache(ttl_seconds=0.05, max_entries=2)
+        await cache.put("a", b"1")
+        fresh = await cache.get("a")
+        await asyncio.sleep(0.1)
+        stale = await cache.get("a")
+        for name in ("b", "c", "d"):
+            await cache.put(name, b"x")
+        return fresh, stale, len(cache._entries)
+
+    assert asyncio.run(scenario()) == (b"1", None, 2)
