@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import APIRouter, FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from gateway.cache import MemoryResponseCache, RedisResponseCache, ResponseCache
 from gateway.config import GatewaySettings
@@ -121,6 +122,24 @@ def create_app(
         BodyLimitMiddleware,
         limit_for=limits_by_path(settings.max_json_bytes, {"/v1/vision/classify": settings.max_upload_bytes}),
     )
+    origins = [o.strip() for o in settings.cors_allow_origins.split(",") if o.strip()]
+    if origins:
+        # Starlette's CORS middleware is plain ASGI; it answers preflights before auth runs.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "Server-Timing",
+                "X-Cache",
+            ],
+        )
     app.add_middleware(RequestContextMiddleware, service=settings.service_name)
     return app
 

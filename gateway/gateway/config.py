@@ -37,6 +37,9 @@ class GatewaySettings(CommonSettings):
     # Image uploads are large and rarely repeated: cached only when asked for.
     response_cache_vision: bool = False
 
+    # Browser origins allowed to call the API (comma-separated); empty: CORS off, no CORS headers at all.
+    cors_allow_origins: str = ""
+
     connect_timeout: float = Field(default=1.0, gt=0)
     tabular_timeout: float = Field(default=5.0, gt=0)
     vision_timeout: float = Field(default=30.0, gt=0)

@@ -296,3 +296,30 @@ def test_openapi_documents_each_route_with_schemas(client: TestClient) -> None:
     assert upload["required"] == ["file"]
     assert spec["components"]["schemas"]["IrisFeatures"]["examples"]
     assert client.get("/docs").status_code == 200
+
+
+def test_cors_is_off_by_default(client: TestClient) -> None:
+    preflight = client.options(
+        "/v1/tabular/iris",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+    plain = client.get("/health/live", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in plain.headers
+
+
+def test_cors_when_configured(settings, services: Any) -> None:  # type: ignore[no-untyped-def]
+    from gateway.app import create_app
+
+    configured = settings.model_copy(update={"cors_allow_origins": "https://app.example"})
+    with TestClient(create_app(configured, transport=httpx.MockTransport(services))) as cors_client:
+        allowed = cors_client.options(
+            "/v1/tabular/iris",
+            headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+        )
+        denied = cors_client.options(
+            "/v1/tabular/iris",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in denied.headers
