@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI
 from pydantic import Field
@@ -46,6 +47,26 @@ class BatchingSettings(ServiceSettings):
         if not self.batching:
             return None
         return BatchPolicy(max_batch_size=self.batch_max_size, max_wait_ms=self.batch_max_wait_ms)
+
+
+def default_model_threads() -> int:
+    """The cores this process may use, shared between the Gunicorn workers (at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, int(os.environ.get("WEB_CONCURRENCY", "1") or 1))
+    return max(1, cores // workers)
+
+
+class NeuralServiceSettings(BatchingSettings):
+    """Settings of a service whose model runs on torch or ONNX Runtime (vision, nlp)."""
+
+    # Which artifact answers: "onnx" (`<model>-onnx` on ONNX Runtime, the faster one: see
+    # scripts/bench_runtime.py) or "torch" (`<model>`). Responses keep the model's name either way;
+    # the version says which artifact answered (the ONNX one's ends in ".onnx.<key>").
+    runtime: Literal["onnx", "torch"] = "onnx"
+    # Intra-op threads per worker, for torch or ONNX Runtime; the default splits the cores between workers.
+    torch_threads: int = Field(default_factory=default_model_threads, ge=1)
+    # One model call at a time per worker: each one is already spread over `torch_threads`.
+    inference_concurrency: int = Field(default=1, ge=1)
 
 
 def create_service_app(

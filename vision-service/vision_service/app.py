@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from typing import Literal
-
 from fastapi import FastAPI
 from pydantic import Field
 
 from modelgate_core.model import ServedModel
-from modelgate_core.service import BatchingSettings, create_service_app
+from modelgate_core.service import NeuralServiceSettings, create_service_app
 from vision_service.onnx_runner import OnnxImageNetRunner
 from vision_service.routes import vision_router
 from vision_service.runners import ImageNetRunner
@@ -17,23 +14,8 @@ from vision_service.runners import ImageNetRunner
 CLASSIFY_PATH = "/v1/vision/classify"
 
 
-def default_torch_threads() -> int:
-    """The cores this process may use, shared between the Gunicorn workers (at least 1)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = max(1, int(os.environ.get("WEB_CONCURRENCY", "1") or 1))
-    return max(1, cores // workers)
-
-
-class VisionSettings(BatchingSettings):
+class VisionSettings(NeuralServiceSettings):
     service_name: str = "vision-service"
-    # Which artifact answers: "onnx" (artifacts/imagenet-onnx on ONNX Runtime, the faster one: see
-    # scripts/bench_runtime.py) or "torch" (artifacts/imagenet). Responses name the model "imagenet" either
-    # way; the version says which artifact answered (the ONNX one's ends in ".onnx.<key>").
-    runtime: Literal["onnx", "torch"] = "onnx"
-    # Intra-op threads per worker, for torch or ONNX Runtime; the default splits the cores between workers.
-    torch_threads: int = Field(default_factory=default_torch_threads, ge=1)
-    # One model call at a time per worker: each one is already spread over `torch_threads`.
-    inference_concurrency: int = Field(default=1, ge=1)
     # Off by default: on 2 CPU cores an image costs nearly as much in a batch as alone (ONNX: 4.5 ms,
     # 3.5-3.9 in batches of 8-32), and at 32 clients BATCHING=true gave +10-14% throughput with a p95
     # equal on a quiet machine but worse under contention (3 runs of scripts/bench_runtime.py).
