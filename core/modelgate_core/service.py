@@ -18,7 +18,7 @@ from modelgate_core.errors import install_error_handlers
 from modelgate_core.health import Drain, health_router
 from modelgate_core.logging import configure_logging
 from modelgate_core.middleware import BodyLimitMiddleware, RequestContextMiddleware, limits_by_path
-from modelgate_core.model import ServedModel
+from modelgate_core.model import ModelRunner, ServedModel
 
 
 class ServiceSettings(CommonSettings):
@@ -67,6 +67,17 @@ class NeuralServiceSettings(BatchingSettings):
     torch_threads: int = Field(default_factory=default_model_threads, ge=1)
     # One model call at a time per worker: each one is already spread over `torch_threads`.
     inference_concurrency: int = Field(default=1, ge=1)
+
+    def served_model(self, name: str, runner: ModelRunner[Any, Any]) -> ServedModel[Any, Any]:
+        """`runner` served as `name`, from the artifact of the chosen runtime, with these settings."""
+        return ServedModel(
+            name,
+            runner,
+            self.artifacts_dir,
+            artifact=f"{name}-onnx" if self.runtime == "onnx" else name,
+            max_concurrency=self.inference_concurrency,
+            batching=self.batch_policy(),
+        )
 
 
 def create_service_app(

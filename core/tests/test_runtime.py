@@ -19,6 +19,7 @@ from modelgate_core.errors import Unprocessable
 from modelgate_core.logging import JsonFormatter
 from modelgate_core.model import ModelRunner, ServedModel
 from modelgate_core.service import ServiceSettings, create_service_app
+from modelgate_core.testing import wait_until_ready
 
 
 class Doubler(ModelRunner[float, float]):
@@ -84,16 +85,6 @@ def artifacts(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def wait_ready(client: TestClient) -> None:
-    for _ in range(200):
-        if client.get("/health/ready").status_code == 200:
-            return
-        import time
-
-        time.sleep(0.02)
-    raise AssertionError(client.get("/health/ready").text)
-
-
 def test_request_id_rules() -> None:
     assert accept_request_id("abc-123_X.y:z") == "abc-123_X.y:z"
     for bad in (None, "", "a b", "x" * 129, "a\r\nSet-Cookie: x=1"):
@@ -103,7 +94,7 @@ def test_request_id_rules() -> None:
 def test_model_is_served_after_loading(artifacts: Path) -> None:
     client, _ = make_app(artifacts)
     with client:
-        wait_ready(client)
+        wait_until_ready(client)
         response = client.post("/v1/double", json={"values": [1, 2.5]}, headers={"x-request-id": "req-1"})
         assert response.json() == {"values": [2.0, 5.0]}
         assert response.headers["x-request-id"] == "req-1"
@@ -128,7 +119,7 @@ def test_not_ready_until_loaded_and_503_in_common_shape(tmp_path: Path) -> None:
 def test_errors_share_one_shape(artifacts: Path) -> None:
     client, _ = make_app(artifacts)
     with client:
-        wait_ready(client)
+        wait_until_ready(client)
         cases = [
             (client.post("/v1/double", json={"values": [-1]}), 422, "validation_error"),
             (client.post("/v1/double", json={"values": "x"}), 422, "validation_error"),
@@ -150,7 +141,7 @@ def test_errors_share_one_shape(artifacts: Path) -> None:
 def test_json_body_limit(artifacts: Path) -> None:
     client, _ = make_app(artifacts, max_json_bytes=2048)
     with client:
-        wait_ready(client)
+        wait_until_ready(client)
         response = client.post(
             "/v1/double",
             content=b'{"values": [' + b"1," * 2000 + b"1]}",
@@ -163,7 +154,7 @@ def test_json_body_limit(artifacts: Path) -> None:
 def test_metrics_count_requests_by_route(artifacts: Path) -> None:
     client, _ = make_app(artifacts)
     with client:
-        wait_ready(client)
+        wait_until_ready(client)
         client.post("/v1/double", json={"values": [1]})
         text = client.get("/metrics").text
         assert (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from modelgate_core.model import ServedModel
 from modelgate_core.service import NeuralServiceSettings, create_service_app
 from nlp_service.onnx_runner import OnnxSentimentRunner
 from nlp_service.routes import nlp_router
@@ -19,14 +18,7 @@ def create_app(settings: NlpSettings | None = None) -> FastAPI:
     """Build the app; the model loads in its lifespan, not here."""
     settings = settings or NlpSettings()
     runner_class = OnnxSentimentRunner if settings.runtime == "onnx" else SentimentRunner
-    sentiment = ServedModel(
-        "sentiment",
-        runner_class(torch_threads=settings.torch_threads),
-        settings.artifacts_dir,
-        artifact="sentiment-onnx" if settings.runtime == "onnx" else "sentiment",
-        max_concurrency=settings.inference_concurrency,
-        batching=settings.batch_policy(),
-    )
+    sentiment = settings.served_model("sentiment", runner_class(torch_threads=settings.torch_threads))
     return create_service_app(
         title="ModelGate nlp-service",
         version="1.0.0",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from modelgate_core.testing import wait_until_ready
 from nlp_service.app import NlpSettings, create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,27 +32,13 @@ NEGATIVE = [
 ]
 
 
-def wait_ready(client: TestClient, timeout: float = 120.0) -> None:
-    """Poll readiness until the model has loaded; fail at once if loading failed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = client.get("/health/ready")
-        if response.status_code == 200:
-            return
-        statuses = [d["status"] for d in response.json()["error"].get("details", [])]
-        if any(s.startswith("failed") for s in statuses):
-            pytest.fail(f"model failed to load: {statuses}")
-        time.sleep(0.2)
-    pytest.fail(f"model not ready after {timeout} s")
-
-
 @contextmanager
 def started(settings: NlpSettings) -> Iterator[TestClient]:
     """The app with its lifespan running and its model loaded (skips if the artifact is not built)."""
     if not (settings.artifacts_dir / "sentiment" / "manifest.json").is_file():
         pytest.skip("artifacts/sentiment is not built (run `make models`)")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        wait_ready(client)
+        wait_until_ready(client)
         yield client
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from modelgate_core.artifacts import Manifest, read_manifest
+from modelgate_core.testing import wait_until_ready
 from nlp_service.app import NlpSettings, create_app
 from nlp_service.onnx_runner import OnnxSentimentRunner
 from nlp_service.runners import SentimentRunner
@@ -62,10 +62,7 @@ def test_onnx_probabilities_equal_torch_on_real_sentences() -> None:
 @contextmanager
 def started(settings: NlpSettings) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 120
-        while client.get("/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/health/ready").text
-            time.sleep(0.1)
+        wait_until_ready(client)
         yield client
 
 

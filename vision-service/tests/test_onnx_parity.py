@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from modelgate_core.artifacts import Manifest, read_manifest
+from modelgate_core.testing import wait_until_ready
 from vision_service.app import VisionSettings, create_app
 from vision_service.onnx_runner import OnnxImageNetRunner
 from vision_service.runners import ImageNetRunner
@@ -69,10 +69,7 @@ def test_onnx_outputs_equal_torch_on_real_photos() -> None:
 @contextmanager
 def started(settings: VisionSettings) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 120
-        while client.get("/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/health/ready").text
-            time.sleep(0.1)
+        wait_until_ready(client)
         yield client
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from modelgate_core.testing import wait_until_ready
 from vision_service.app import VisionSettings, create_app
 from vision_service.runners import decode_image
 
@@ -25,27 +25,13 @@ CLASSIFY = "/v1/vision/classify"
 ESPRESSO = 967
 
 
-def wait_ready(client: TestClient, timeout: float = 120.0) -> None:
-    """Poll readiness until the model has loaded; fail at once if loading failed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = client.get("/health/ready")
-        if response.status_code == 200:
-            return
-        statuses = [d["status"] for d in response.json()["error"].get("details", [])]
-        if any(s.startswith("failed") for s in statuses):
-            pytest.fail(f"model failed to load: {statuses}")
-        time.sleep(0.2)
-    pytest.fail(f"model not ready after {timeout} s")
-
-
 @contextmanager
 def started(settings: VisionSettings) -> Iterator[TestClient]:
     """The app with its lifespan running and its model loaded (skips if the artifact is not built)."""
     if not (settings.artifacts_dir / "imagenet" / "manifest.json").is_file():
         pytest.skip("artifacts/imagenet is not built (run `make models`)")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        wait_ready(client)
+        wait_until_ready(client)
         yield client
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import FastAPI
 from pydantic import Field
 
-from modelgate_core.model import ServedModel
 from modelgate_core.service import NeuralServiceSettings, create_service_app
 from vision_service.onnx_runner import OnnxImageNetRunner
 from vision_service.routes import vision_router
@@ -29,14 +28,7 @@ def create_app(settings: VisionSettings | None = None) -> FastAPI:
     settings = settings or VisionSettings()
     runner_class = OnnxImageNetRunner if settings.runtime == "onnx" else ImageNetRunner
     runner = runner_class(max_pixels=settings.max_image_pixels, torch_threads=settings.torch_threads)
-    imagenet = ServedModel(
-        "imagenet",
-        runner,
-        settings.artifacts_dir,
-        artifact="imagenet-onnx" if settings.runtime == "onnx" else "imagenet",
-        max_concurrency=settings.inference_concurrency,
-        batching=settings.batch_policy(),
-    )
+    imagenet = settings.served_model("imagenet", runner)
     return create_service_app(
         title="ModelGate vision-service",
         version="1.0.0",
