@@ -21,10 +21,13 @@ class ModelCatalog(BaseModel):
     unavailable: list[str] = Field(default_factory=list, description="Services that did not answer")
 
 
-async def _models_of(state: GatewayState, upstream: Upstream) -> list[ModelInfo] | None:
+async def fetch_models(
+    state: GatewayState, upstream: Upstream, *, probe: bool = False
+) -> list[ModelInfo] | None:
+    """The service's own catalogue, or None when it does not answer properly."""
     try:
         answer = await state.client.request(
-            upstream, "GET", "/v1/models", timeout=state.settings.readiness_timeout
+            upstream, "GET", "/v1/models", timeout=state.settings.readiness_timeout, probe=probe
         )
     except ModelGateError:
         return None
@@ -39,7 +42,7 @@ async def _models_of(state: GatewayState, upstream: Upstream) -> list[ModelInfo]
 @router.get("/models", summary="List every model with its version, domain and metrics")
 async def list_models(_key: AuthenticatedKey, state: State) -> ModelCatalog:
     upstreams = list(state.upstreams.values())
-    answers = await asyncio.gather(*(_models_of(state, u) for u in upstreams))
+    answers = await asyncio.gather(*(fetch_models(state, u) for u in upstreams))
     catalog = ModelCatalog(models=[])
     for upstream, models in zip(upstreams, answers, strict=True):
         if models is None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 
-import orjson
 from fastapi import Request
 from starlette.responses import Response
 
 from gateway.cache import CACHE_LOOKUPS, cache_key
 from gateway.deps import GatewayState
-from modelgate_core.errors import ModelGateError
+from gateway.routes.models import fetch_models
 from modelgate_core.schemas.common import ErrorResponse
 
 # How long a service's model versions are trusted for cache keys; a redeploy is seen within this.
@@ -72,19 +71,9 @@ async def model_versions(state: GatewayState, service: str) -> str | None:
     known = state.model_versions.get(service)
     if known is not None and known[0] > now:
         return known[1]
-    try:
-        answer = await state.client.request(
-            state.upstreams[service],
-            "GET",
-            "/v1/models",
-            timeout=state.settings.readiness_timeout,
-            probe=True,
-        )
-        models = orjson.loads(answer.content)["models"] if answer.status_code == 200 else None
-        versions = ",".join(sorted(f"{m['name']}={m['version']}" for m in models)) if models else None
-    except (ModelGateError, KeyError, TypeError, ValueError):
-        versions = None
-    if versions is None:
+    models = await fetch_models(state, state.upstreams[service], probe=True)
+    if not models or any(m.version is None for m in models):
         return None  # not cacheable right now; the request itself still goes through
+    versions = ",".join(sorted(f"{m.name}={m.version}" for m in models))
     state.model_versions[service] = (now + _VERSIONS_TTL_SECONDS, versions)
     return versions
