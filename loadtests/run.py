@@ -53,18 +53,6 @@ def run_locust(host: str, api_key: str, profile: str, out_dir: Path, extra: list
     return result.returncode
 
 
-def create_key(keys_file: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.keys", "create", "--name", "loadtest", "--scopes", "*"],
-        env={**os.environ, "API_KEYS_FILE": str(keys_file)},
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-    )
-    return result.stdout.strip()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,7 +71,7 @@ def main() -> int:
         return run_locust(args.host, key, args.profile, out_dir, extra)
     print(f"==> starting the local stack (four processes on free ports; logs in {out_dir}/stack)", flush=True)
     with running_stack(run_dir=out_dir / "stack") as stack:
-        key = create_key(stack.run_dir / "api_keys.json")
+        key = stack.create_key("loadtest")
         return run_locust(stack.url("gateway"), key, args.profile, out_dir, extra)
 
 

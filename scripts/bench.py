@@ -642,14 +642,7 @@ def modelgate(run_dir: Path, report: Report, torch_nlp: bool) -> Iterator[Deploy
             stacks.append(gateway)
             deployment.gateways[transport] = gateway
             start_timed(gateway, "gateway", f"gateway ({transport})", report, timeout=120)
-        deployment.key = subprocess.run(
-            [sys.executable, "-m", "gateway.keys", "create", "--name", "bench", "--scopes", "*"],
-            env={**os.environ, "API_KEYS_FILE": str(keys_file)},
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=REPO,
-        ).stdout.strip()
+        deployment.key = services.create_key("bench")
         yield deployment
     finally:
         for stack in reversed(stacks):

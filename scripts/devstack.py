@@ -97,6 +97,19 @@ class LocalStack:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
+    def create_key(self, name: str, scopes: str = "*", *extra: str) -> str:
+        """Make a key with the real command line (`python -m gateway.keys create`), in the key store the
+        gateway of this stack reads; `extra`: more arguments, e.g. "--rate", "1000"."""
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway.keys", "create", "--name", name, "--scopes", scopes, *extra],
+            env=self.env_for("gateway"),
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        )
+        return result.stdout.strip()
+
     def start_all(self) -> None:
         for name in SERVICES:
             self.start(name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -70,27 +69,15 @@ def stack() -> Iterator[LocalStack]:
         yield local_stack
 
 
-def create_key(stack: LocalStack, name: str, scopes: str) -> str:
-    """Make a key with the real command line, against the stack's key file."""
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.keys", "create", "--name", name, "--scopes", scopes],
-        env={**os.environ, "API_KEYS_FILE": str(stack.run_dir / "api_keys.json")},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.strip()
-
-
 @pytest.fixture(scope="session")
 def key_factory(stack: LocalStack) -> Callable[[str, str], str]:
     """`key_factory(name, scopes)` makes a key for the running stack."""
-    return lambda name, scopes: create_key(stack, name, scopes)
+    return lambda name, scopes: stack.create_key(name, scopes)
 
 
 @pytest.fixture(scope="session")
 def api_key(stack: LocalStack) -> str:
-    return create_key(stack, "integration", "*")
+    return stack.create_key("integration", "*")
 
 
 @pytest.fixture
