@@ -6,7 +6,7 @@ LOCUST_ARGS ?=
 # Without HOST the runner starts the local stack, so it needs the models; with HOST only the tools.
 LOADTEST_DEPS := $(if $(HOST),$(STAMP),models)
 
-.PHONY: loadtest loadtest-smoke bench bench-quick
+.PHONY: loadtest loadtest-smoke bench bench-quick bench-runtime bench-workers
 
 loadtest: $(LOADTEST_DEPS) ## Headless Locust load test (local stack, or HOST=url with MODELGATE_API_KEY); HTML report in results/
 	$(PY) loadtests/run.py --profile full $(if $(HOST),--host $(HOST)) -- $(LOCUST_ARGS)
@@ -19,3 +19,9 @@ bench: models ## Benchmark direct vs gateway (aiohttp, httpx) vs LitServe/FastAP
 
 bench-quick: models ## The 2-minute version of make bench
 	$(PY) scripts/bench.py --quick $(BENCH_ARGS)
+
+bench-runtime: models ## torch vs ONNX Runtime per call, batching on/off under load (~10 min); results/runtime.md
+	$(PY) scripts/bench_runtime.py $(BENCH_ARGS)
+
+bench-workers: models ## Gunicorn workers x threads per service, memory, cold start (~10 min); docs/workers.md
+	$(PY) scripts/bench_workers.py $(BENCH_ARGS)
