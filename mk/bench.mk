@@ -23,5 +23,5 @@ bench-quick: models ## The 2-minute version of make bench
 bench-runtime: models ## torch vs ONNX Runtime per call, batching on/off under load (~10 min); results/runtime.md
 	$(PY) scripts/bench_runtime.py $(BENCH_ARGS)
 
-bench-workers: models ## Gunicorn workers x threads per service, memory, cold start (~10 min); docs/workers.md
+bench-workers: models ## Gunicorn workers x threads per service, memory, cold start (~13 min); docs/workers.md
 	$(PY) scripts/bench_workers.py $(BENCH_ARGS)

@@ -1,7 +1,8 @@
 """Tune Gunicorn workers and model threads per service on this machine, and size the stack's memory.
 
-    python scripts/bench_workers.py            # ~10 minutes: 2 rounds, 5 s a point
+    python scripts/bench_workers.py            # ~13 minutes: 3 rounds, 5 s a point
     python scripts/bench_workers.py --quick    # ~4 minutes: 1 round, 3 s a point
+    python scripts/bench_workers.py --render results/workers-*/results.json   # pool earlier runs
 
 For every service, one Gunicorn per configuration (Uvicorn workers x intra-op threads per worker, set
 with WEB_CONCURRENCY and TORCH_THREADS), started one at a time: the seconds from process start until
@@ -14,9 +15,11 @@ Uvicorn workers run one event loop each and no request threads (Gunicorn's `thre
 its gthread worker), so "threads" here is the model's intra-op thread pool (torch / ONNX Runtime). The
 tabular models stay at one OpenMP thread (see tabular-service/gunicorn.conf.py).
 
-Picks per service: the highest throughput at 32 connections; among configurations within 5% of it,
-the one using the least memory. Then starts the whole stack with the picks and measures its memory,
-and, where Docker answers and the images are built, the compose stack as shipped (`docker stats`).
+Picks per service: the highest throughput at 32 connections (the median over rounds, so one round
+disturbed by other work on a shared machine does not decide); among configurations within 5% of it,
+the one using the least memory. Several runs can be pooled (`--render`) where one run is too noisy.
+Then starts the whole stack with the picks and measures its memory, and, where Docker answers and
+the images are built, the compose stack as shipped (`docker stats`).
 Writes results/workers-<timestamp>/ (report.md, results.json, workers.png) and copies the report to
 docs/workers.md and docs/img/workers.png (unless --no-docs).
 """
@@ -142,25 +145,28 @@ class Cell:
     def throughput_vs(self, other: Cell) -> float:
         """Throughput at 32 connections relative to `other`: the geometric mean over the routes."""
         ratios = [
-            self.route_mean(route, 32, "rps") / other.route_mean(route, 32, "rps")
+            self.route_median(route, 32, "rps") / other.route_median(route, 32, "rps")
             for route in dict.fromkeys(p.route for p in self.points)
         ]
         return math.prod(ratios) ** (1 / len(ratios)) if ratios else float("nan")
 
     def other_load(self) -> float:
-        """Mean cores used by processes outside the benchmark while this configuration was measured."""
-        return statistics.mean(p.foreign_cores for p in self.points) if self.points else float("nan")
+        """Median cores used by processes outside the benchmark while this configuration was measured."""
+        return statistics.median(p.foreign_cores for p in self.points) if self.points else float("nan")
 
     def mean(self, connections: int, attr: str) -> float:
-        """A Point figure averaged over rounds, then over the routes."""
+        """A Point figure's median over rounds, averaged over the routes."""
         routes = dict.fromkeys(p.route for p in self.points)
-        return statistics.mean(self.route_mean(r, connections, attr) for r in routes) if routes else math.nan
+        return (
+            statistics.mean(self.route_median(r, connections, attr) for r in routes) if routes else math.nan
+        )
 
-    def route_mean(self, route: str, connections: int, attr: str) -> float:
+    def route_median(self, route: str, connections: int, attr: str) -> float:
+        """The median over rounds: one round disturbed by other work on the machine does not move it."""
         values = [
             float(getattr(p, attr)) for p in self.points if p.route == route and p.connections == connections
         ]
-        return sum(values) / len(values) if values else float("nan")
+        return statistics.median(values) if values else float("nan")
 
 
 @dataclass
@@ -174,7 +180,60 @@ class Report:
     cells: list[Cell] = field(default_factory=list)
     picks: dict[str, Config] = field(default_factory=dict)
     stack_memory: dict[str, Memory] = field(default_factory=dict)  # whole stack with the picks
+    stack_configs: dict[str, Config] = field(default_factory=dict)  # what that stack ran
     compose_memory: dict[str, float] | str = ""  # compose service -> MiB, or why it was not measured
+    pooled: list[str] = field(default_factory=list)  # when rendered from several runs: when each ran
+
+
+def load_report(path: Path) -> Report:
+    data = json.loads(path.read_text())
+    cells = [
+        Cell(
+            c["service"],
+            Config(**c["config"]),
+            c["first_ready_s"],
+            c["all_ready_s"],
+            Memory(**c["memory"]),
+            [Point(**p) for p in c["points"]],
+        )
+        for c in data.pop("cells")
+    ]
+    stack = {name: Memory(**m) for name, m in data.pop("stack_memory").items()}
+    configs = {name: Config(**c) for name, c in data.pop("stack_configs", data["picks"]).items()}
+    data.pop("picks")
+    return Report(**data, cells=cells, stack_memory=stack, stack_configs=configs)
+
+
+def pooled(reports: Sequence[Report]) -> Report:
+    """Several runs as one: every round of every run per configuration; memory, cold start and the
+    machine from the latest run (the last one given)."""
+    latest = reports[-1]
+    merged = Report(
+        started=latest.started,
+        rounds=sum(r.rounds for r in reports),
+        duration_s=latest.duration_s,
+        machine=latest.machine,
+        load_before=latest.load_before,
+        load_after=latest.load_after,
+        stack_memory=latest.stack_memory,
+        stack_configs=latest.stack_configs,
+        compose_memory=latest.compose_memory,
+        pooled=[f"{r.started} ({r.rounds} rounds)" for r in reports],
+    )
+    for cell in latest.cells:
+        points = [
+            p
+            for r in reports
+            for c in r.cells
+            if (c.service, c.config) == (cell.service, cell.config)
+            for p in c.points
+        ]
+        merged.cells.append(
+            Cell(cell.service, cell.config, cell.first_ready_s, cell.all_ready_s, cell.memory, points)
+        )
+    for service in dict.fromkeys(c.service for c in merged.cells):
+        merged.picks[service] = pick([c for c in merged.cells if c.service == service])
+    return merged
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -468,8 +527,8 @@ def service_table(report: Report, service: str) -> list[str]:
     shipped = next((c for c in cells if c.config == SHIPPED[service]), None)
     for cell in cells:
         figures = " | ".join(
-            f"{cell.route_mean(r, 32, 'rps'):.0f} | {cell.route_mean(r, 32, 'p95_ms'):.1f} | "
-            f"{cell.route_mean(r, 1, 'p50_ms'):.2f}"
+            f"{cell.route_median(r, 32, 'rps'):.0f} | {cell.route_median(r, 32, 'p95_ms'):.1f} | "
+            f"{cell.route_median(r, 1, 'p50_ms'):.2f}"
             for r in route_names
         )
         versus = f"{cell.throughput_vs(shipped):.2f}" if shipped else ""
@@ -543,14 +602,16 @@ def write_report(report: Report, out_dir: Path) -> None:
     lines = [
         "# Workers, threads and memory",
         "",
-        f"Generated by `scripts/bench_workers.py` (`make bench-workers`) on {report.started}. One run on one "
+        f"Generated by `scripts/bench_workers.py` (`make bench-workers`) on {report.started}. All on one "
         "machine; the configurations of a service were measured alternately, so **read the ratios**.",
         "",
         f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable), "
         f"{m['memory_gib']} GiB RAM, Python {m['python']}; commit {m['git']}. Load average before: "
         f"{report.load_before}; after: {report.load_after}.",
-        f"- Load: {m['wrk']}, {report.duration_s:g} s per point, {report.rounds} round(s); figures are the "
-        "means over rounds. Every configuration runs alone on the machine's cores (with wrk).",
+        f"- Load: {m['wrk']}, {report.duration_s:g} s per point, {report.rounds} round(s)"
+        + (f", pooled from {len(report.pooled)} runs ({'; '.join(report.pooled)})" if report.pooled else "")
+        + "; figures are the medians over rounds. Every configuration runs alone on the machine's cores "
+        "(with wrk).",
         "- *workers*: Gunicorn's Uvicorn workers (`WEB_CONCURRENCY`); *threads*: the model's intra-op "
         "threads per worker (`TORCH_THREADS`, for torch or ONNX Runtime). Uvicorn workers have no request "
         "threads; tabular stays at one OpenMP thread per worker.",
@@ -583,18 +644,26 @@ def write_report(report: Report, out_dir: Path) -> None:
         lines += [
             "## The whole stack with the picks",
             "",
-            "The four processes started together with the picked configurations, after 20 requests per "
-            "route through the gateway (Redis, which the compose stack adds, is not included: a few MiB).",
+            "The four processes started together (with the picks of the run that measured them), after 20 "
+            "requests per route through the gateway (Redis, which the compose stack adds, is not included: "
+            "a few MiB).",
             "",
             "| process | configuration | processes | PSS MiB | RSS MiB |",
             "| --- | --- | ---: | ---: | ---: |",
         ]
         for name, memory in report.stack_memory.items():
             lines.append(
-                f"| {SERVICES[name][0]} | {report.picks[name].label} | {1 + len(memory.workers_pss)} | "
-                f"{memory.total_pss:.0f} | {memory.total_rss:.0f} |"
+                f"| {SERVICES[name][0]} | {report.stack_configs[name].label} | "
+                f"{1 + len(memory.workers_pss)} | {memory.total_pss:.0f} | {memory.total_rss:.0f} |"
             )
         lines += [f"| **total** | | | **{total_pss:.0f}** | {total_rss:.0f} |", ""]
+        if report.stack_configs != report.picks:
+            by_config = {(c.service, c.config): c for c in report.cells}
+            estimate = sum(by_config[pair].memory.total_pss for pair in report.picks.items())
+            lines += [
+                f"With the picks above, from each service's own row: about {estimate:.0f} MiB PSS in all.",
+                "",
+            ]
     if isinstance(report.compose_memory, dict):
         lines += [
             "## The compose stack as shipped",
@@ -617,22 +686,46 @@ def write_report(report: Report, out_dir: Path) -> None:
     (out_dir / "report.md").write_text("\n".join(lines))
 
 
+def publish(out_dir: Path, no_docs: bool) -> None:
+    if not no_docs:
+        shutil.copyfile(out_dir / "report.md", REPO / "docs" / "workers.md")
+        shutil.copyfile(out_dir / "workers.png", REPO / "docs" / "img" / "workers.png")
+    print(
+        f"==> report: {out_dir / 'report.md'}" + ("" if no_docs else " (copied to docs/workers.md)"),
+        flush=True,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="1 round, 3 s a point")
-    parser.add_argument("--rounds", type=int, help="rounds of every point (default 2, quick 1)")
+    parser.add_argument("--rounds", type=int, help="rounds of every point (default 3, quick 1)")
     parser.add_argument("--duration", type=int, help="seconds per point (default 5, quick 3)")
     parser.add_argument("--services", default=",".join(PLANS), help=f"comma list of {', '.join(PLANS)}")
     parser.add_argument("--out", help="output folder (default results/workers-<timestamp>)")
     parser.add_argument("--no-compose", action="store_true", help="skip the compose stack's memory")
+    parser.add_argument(
+        "--render",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="only write the report from earlier runs' results.json, their rounds pooled (memory and "
+        "cold start from the last one)",
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not copy the report to docs/")
     args = parser.parse_args(argv)
+    if args.render:
+        report = pooled([load_report(Path(path)) for path in args.render])
+        out_dir = Path(args.out or Path(args.render[-1]).parent)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_report(report, out_dir)
+        publish(out_dir, args.no_docs)
+        return 0
     wrk, wrk_version = ensure_wrk()
     report = Report(
         started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        rounds=args.rounds or (1 if args.quick else 2),
+        rounds=args.rounds or (1 if args.quick else 3),
         duration_s=args.duration or (3 if args.quick else 5),
         machine=machine_info(wrk_version),
         load_before=load_average(),
@@ -654,16 +747,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack_dir = run_dir / "stack"
             stack_dir.mkdir()
             report.stack_memory = whole_stack_memory(stack_dir, report.picks, routes)
+            report.stack_configs = dict(report.picks)
     if not args.no_compose:
         print("==> the compose stack as shipped (docker stats)", flush=True)
         report.compose_memory = compose_memory(routes)
         print(f"    {report.compose_memory}", flush=True)
     report.load_after = load_average()
     write_report(report, out_dir)
-    if not args.no_docs:
-        shutil.copyfile(out_dir / "report.md", REPO / "docs" / "workers.md")
-        shutil.copyfile(out_dir / "workers.png", REPO / "docs" / "img" / "workers.png")
-    print(f"==> report: {out_dir / 'report.md'} ({time.monotonic() - started:.0f}s)", flush=True)
+    publish(out_dir, args.no_docs)
+    print(f"==> {time.monotonic() - started:.0f}s", flush=True)
     return 0
 
 
