@@ -373,7 +373,9 @@ def goal_lines(runs: Sequence[LoadRun], sweep: Sequence[Latency]) -> str:
     lines = []
     for service in dict.fromkeys(r.service for r in runs):
         modes = {r.mode for r in runs if r.service == service}
-        for runtime, on, off in (("onnx", "on", "off"), ("torch", "torch-on", "torch-off")):
+        for on in ("on", "torch-on"):
+            off = baseline_of(on)
+            runtime = MODES[on].get("RUNTIME", "onnx")
             if not {on, off} <= modes:
                 continue
             a, b = merged(runs, service, on), merged(runs, service, off)

@@ -60,7 +60,7 @@ from bench import (
     verify,
 )
 
-from devstack import SERVICES, LocalStack, free_port
+from devstack import SERVICES, LocalStack, compose_command, compose_env, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 32)
@@ -408,6 +408,13 @@ def pick(cells: Sequence[Cell]) -> Config:
     return min(near, key=lambda c: c.memory.total_pss).config
 
 
+def exercise(gateway: Target, routes: dict[str, Route], times: int = 20) -> None:
+    """`times` checked requests per route, so memory is measured after real work, not at idle."""
+    for route in routes.values():
+        for _ in range(times):
+            verify(gateway, route)
+
+
 def whole_stack_memory(
     run_dir: Path, picks: dict[str, Config], routes: dict[str, Route]
 ) -> dict[str, Memory]:
@@ -424,43 +431,24 @@ def whole_stack_memory(
             stacks[name].start(name)
             stacks[name].wait_ready(name)
         key = stacks["gateway"].create_key("bench")
-        gateway = Target("gateway", "gateway", stacks["gateway"].url("gateway"), key)
-        for route in routes.values():
-            for _ in range(20):
-                verify(gateway, route)
+        exercise(Target("gateway", "gateway", stacks["gateway"].url("gateway"), key), routes)
         return {name: gunicorn_memory(stack.processes[name].pid) for name, stack in stacks.items()}
     finally:
         for stack in reversed(list(stacks.values())):
             stack.stop_all()
 
 
-def compose_command() -> list[str] | None:
-    """`docker compose` (v2 plugin) or `docker-compose`, when a Docker daemon answers; else None."""
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
-        return None
-    for cmd in (["docker", "compose"], ["docker-compose"]):
-        if shutil.which(cmd[0]) and subprocess.run([*cmd, "version"], capture_output=True).returncode == 0:
-            return cmd
-    return None
-
-
-def offline_env() -> dict[str, str]:
-    """The image settings `make images-offline` recorded (base and redis images), if it ran."""
-    path = REPO / "build" / "docker-offline.env"
-    if not path.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs if not k.startswith("#")}
-
-
 def compose_memory(routes: dict[str, Route]) -> dict[str, float] | str:
     """MiB per container of the compose stack as shipped (`docker stats`), after 20 requests per route
     through its gateway; or why it could not be measured."""
-    compose = compose_command()
+    docker_up = (
+        shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    )
+    compose = compose_command() if docker_up else None
     if compose is None:
         return "no Docker daemon or Compose v2 here (make docker-setup)"
     port = free_port()
-    env = {**os.environ, **offline_env(), "GATEWAY_PORT": str(port), "GATEWAY_HOST_IP": "127.0.0.1"}
+    env = compose_env() | {"GATEWAY_PORT": str(port), "GATEWAY_HOST_IP": "127.0.0.1"}
     base = [*compose, "-p", f"mgworkers{os.getpid()}"]
 
     def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -477,10 +465,7 @@ def compose_memory(routes: dict[str, Route]) -> dict[str, float] | str:
             "--name", "bench", "--scopes", "*", "--rate", "1000", "--burst", "1000",
         )  # fmt: skip
         key = next(token for token in created.stdout.split() if token.startswith("mg_"))
-        gateway = Target("compose gateway", "gateway", f"http://127.0.0.1:{port}", key)
-        for route in routes.values():
-            for _ in range(20):
-                verify(gateway, route)
+        exercise(Target("compose gateway", "gateway", f"http://127.0.0.1:{port}", key), routes)
         ids = run("ps", "-q").stdout.split()
         stats = subprocess.run(
             ["docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *ids],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,11 +98,11 @@ class LocalStack:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
-    def create_key(self, name: str, scopes: str = "*", *extra: str) -> str:
+    def create_key(self, name: str, scopes: str = "*") -> str:
         """Make a key with the real command line (`python -m gateway.keys create`), in the key store the
-        gateway of this stack reads; `extra`: more arguments, e.g. "--rate", "1000"."""
+        gateway of this stack reads."""
         result = subprocess.run(
-            [sys.executable, "-m", "gateway.keys", "create", "--name", name, "--scopes", scopes, *extra],
+            [sys.executable, "-m", "gateway.keys", "create", "--name", name, "--scopes", scopes],
             env=self.env_for("gateway"),
             capture_output=True,
             text=True,
@@ -138,6 +139,34 @@ class LocalStack:
                 last = str(exc)
             time.sleep(0.25)
         raise TimeoutError(f"{name} not ready after {timeout:.0f}s: {last}")
+
+
+# The compose stack (the e2e tests and bench_workers drive it; this module only finds the tools).
+OFFLINE_ENV = REPO / "build" / "docker-offline.env"  # written by `make images-offline`
+
+
+def compose_command() -> list[str] | None:
+    """`docker compose` (v2 plugin) or a v2 `docker-compose`; None when there is neither."""
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(cmd[0]) is None:
+            continue
+        probe = subprocess.run([*cmd, "version"], capture_output=True, text=True, check=False)
+        if probe.returncode == 0 and "v1." not in probe.stdout:
+            return cmd
+    return None
+
+
+def compose_env() -> dict[str, str]:
+    """This environment, plus, where it does not set them, the offline image settings that
+    `make images-offline` recorded (base and redis images, wheelhouse)."""
+    env = dict(os.environ)
+    if OFFLINE_ENV.is_file():
+        for line in OFFLINE_ENV.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                name, value = line.split("=", 1)
+                env.setdefault(name.strip(), value.strip())
+    return env
 
 
 @contextmanager

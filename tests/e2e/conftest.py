@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -23,8 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack import compose_command, compose_env, free_port
+
 REPO = Path(__file__).resolve().parents[2]
-OFFLINE_ENV = REPO / "build" / "docker-offline.env"
 REQUIRE = os.environ.get("MODELGATE_REQUIRE_E2E") == "1"
 UP_TIMEOUT = float(os.environ.get("MODELGATE_E2E_UP_TIMEOUT", "600"))
 SERVICES = ("gateway", "tabular-service", "vision-service", "nlp-service", "redis")
@@ -35,34 +35,6 @@ def unavailable(reason: str) -> None:
     if REQUIRE:
         pytest.fail(f"{reason} (MODELGATE_REQUIRE_E2E=1, so this fails instead of skipping)")
     pytest.skip(reason)
-
-
-def compose_command() -> list[str] | None:
-    """`docker compose` (v2 plugin) or a v2 `docker-compose`; None when there is neither."""
-    for cmd in (["docker", "compose"], ["docker-compose"]):
-        if shutil.which(cmd[0]) is None:
-            continue
-        probe = subprocess.run([*cmd, "version"], capture_output=True, text=True, check=False)
-        if probe.returncode == 0 and "v1." not in probe.stdout:
-            return cmd
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                name, value = line.split("=", 1)
-                values[name.strip()] = value.strip()
-    return values
 
 
 @dataclass
@@ -181,9 +153,7 @@ def stack() -> Iterator[ComposeStack]:
         unavailable("Docker Compose v2 is not installed (make docker-setup installs it)")
     assert compose is not None
 
-    env = dict(os.environ)
-    for name, value in read_env_file(OFFLINE_ENV).items():
-        env.setdefault(name, value)
+    env = compose_env()
     project = f"mge2e{uuid.uuid4().hex[:8]}"
     port = free_port()
     env.update(GATEWAY_PORT=str(port), GATEWAY_HOST_IP="127.0.0.1", COMPOSE_PROJECT_NAME=project)
