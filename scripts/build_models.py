@@ -16,6 +16,8 @@ version and file hashes; its version is `<parent version>.<marker>.<key[:12]>`, 
 A cache hit under
 `${MODELGATE_CACHE_DIR:-~/.cache/modelgate}/models/<name>/<key>/` is verified and copied to
 `${ARTIFACTS_DIR:-<repo>/artifacts}/<name>/`; a miss is built into a temp dir, stored, then copied.
+Finally the built-in models are laid out as a model repository, `${MODEL_REPOSITORY:-<repo>/models}/
+<name>/1/` (scripts/model_repository.py), which is what the services serve.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ for _path in (REPO / "core", REPO / "vision-service"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from model_repository import publish_builtin, repository_root  # noqa: E402  (scripts/ is on sys.path)
 from modelgate_core.artifacts import (  # noqa: E402  (needs the sys.path above)
     ArtifactError,
     Manifest,
@@ -335,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in failed:
             print(f"error: model {r.name!r} failed to build: {r.error}", file=sys.stderr)
         return 1
+    if args.only is None:
+        changed = publish_builtin(artifacts_root(), repository_root())
+        print(f"model repository {repository_root()}: {', '.join(changed) or 'up to date'}", flush=True)
     return 0
 
 

@@ -1,9 +1,10 @@
 """One exception tree and one error shape for every ModelGate process.
 
 Every error response, from any process, is `{"error": {"code", "message", "request_id"}}` (plus
-`details` for validation errors). Code raises a `ModelGateError` subclass; `install_error_handlers`
-maps it, FastAPI's validation errors, Starlette's HTTP errors and anything unexpected to that shape in
-one place.
+`details` for validation errors), except on the Open Inference Protocol's `/v2` paths, where OIP
+clients (tritonclient) expect a string: `{"error": "<message>", "code", "request_id"}`. Code raises a
+`ModelGateError` subclass; `install_error_handlers` maps it, FastAPI's validation errors, Starlette's
+HTTP errors and anything unexpected to the path's shape in one place.
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ class Unprocessable(ModelGateError):
     code = "validation_error"
 
 
+class Conflict(ModelGateError):
+    status_code = 409
+    code = "conflict"
+
+
 class RateLimited(ModelGateError):
     status_code = 429
     code = "rate_limited"
@@ -109,10 +115,16 @@ _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
+    409: "conflict",
     415: "unsupported_media_type",
     422: "validation_error",
     429: "rate_limited",
 }
+
+
+def is_oip_path(path: str) -> bool:
+    """Whether `path` belongs to the Open Inference Protocol (its errors have OIP's shape)."""
+    return path == "/v2" or path.startswith("/v2/")
 
 
 def error_body(
@@ -120,9 +132,17 @@ def error_body(
     code: str,
     message: str,
     details: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    oip: bool = False,
 ) -> bytes:
-    """Serialise the common error shape for the current request."""
-    error: dict[str, Any] = {"code": code, "message": message, "request_id": current_request_id()}
+    """Serialise the error shape for the current request: the common one, or OIP's with `oip`."""
+    request_id = current_request_id()
+    if oip:
+        flat: dict[str, Any] = {"error": message, "code": code, "request_id": request_id}
+        if details:
+            flat["details"] = list(details)
+        return orjson.dumps(flat)
+    error: dict[str, Any] = {"code": code, "message": message, "request_id": request_id}
     if details:
         error["details"] = list(details)
     return orjson.dumps({"error": error})
@@ -134,10 +154,12 @@ def error_response(
     message: str,
     details: Sequence[Mapping[str, Any]] | None = None,
     headers: Mapping[str, str] | None = None,
+    *,
+    oip: bool = False,
 ) -> Response:
-    """Build the common error response."""
+    """Build the error response (OIP's shape with `oip`)."""
     return Response(
-        error_body(status_code, code, message, details),
+        error_body(status_code, code, message, details, oip=oip),
         status_code=status_code,
         media_type="application/json",
         headers=dict(headers) if headers else None,
@@ -161,29 +183,35 @@ def _validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return details
 
 
-async def _on_modelgate_error(_: Request, exc: Exception) -> Response:
+async def _on_modelgate_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ModelGateError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+    oip = is_oip_path(request.url.path)
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers, oip=oip)
 
 
-async def _on_validation_error(_: Request, exc: Exception) -> Response:
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     details = _validation_details(exc.errors())
     fields = ", ".join(sorted({d["field"] for d in details}))
+    if is_oip_path(request.url.path):
+        # OIP has no 422: a body or parameter that does not fit the protocol is a 400.
+        return error_response(400, "bad_request", f"Invalid request: {fields}", details, oip=True)
     return error_response(422, "validation_error", f"Invalid request: {fields}", details)
 
 
-async def _on_http_error(_: Request, exc: Exception) -> Response:
+async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    oip = is_oip_path(request.url.path)
+    return error_response(exc.status_code, code, message, headers=exc.headers, oip=oip)
 
 
-async def _on_unexpected_error(_: Request, exc: Exception) -> Response:
+async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
     # Never leak internals: the message is generic, the traceback goes to the log with the request ID.
     logger.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "Internal server error")
+    oip = is_oip_path(request.url.path)
+    return error_response(500, "internal_error", "Internal server error", oip=oip)
 
 
 def install_error_handlers(app: FastAPI) -> None:

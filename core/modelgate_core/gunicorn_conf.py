@@ -34,7 +34,10 @@ logconfig_dict = logging_config(
 
 
 def on_starting(server: Any) -> None:
-    """Give the workers an empty Prometheus multiprocess directory (metrics are per process group)."""
+    """Give the workers an empty Prometheus multiprocess directory (metrics are per process group)
+    and a model control directory of their own (how they agree on load/unload calls)."""
+    if not os.environ.get("MODEL_CONTROL_DIR"):
+        os.environ["MODEL_CONTROL_DIR"] = tempfile.mkdtemp(prefix="modelgate-control-")
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path:
         path = tempfile.mkdtemp(prefix="modelgate-metrics-")

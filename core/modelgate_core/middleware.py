@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelgate_core import context
-from modelgate_core.errors import error_body
+from modelgate_core.errors import error_body, is_oip_path
 from modelgate_core.metrics import HTTP_IN_FLIGHT, HTTP_LATENCY, HTTP_REQUESTS
 
 access_logger = logging.getLogger("modelgate.access")
@@ -101,6 +101,21 @@ def limits_by_path(default: int, overrides: Mapping[str, int]) -> Callable[[str]
     return limit_for
 
 
+def tensor_body_limits(
+    json_limit: int, upload_limit: int, upload_paths: Sequence[str] = ()
+) -> Callable[[str], int]:
+    """A `limit_for` for an app that takes tensors: `upload_limit` for inference bodies (OIP infer,
+    `:predict`, which carry data, binary or base64) and the named upload paths, `json_limit` elsewhere."""
+    uploads = frozenset(upload_paths)
+
+    def limit_for(path: str) -> int:
+        if path in uploads or path.endswith("/infer") or path.endswith(":predict"):
+            return upload_limit
+        return json_limit
+
+    return limit_for
+
+
 def server_timing(timings: dict[str, float]) -> bytes:
     """`Server-Timing` value: where the time went, so a client can see it without our metrics."""
     return ", ".join(f"{name};dur={ms:.2f}" for name, ms in timings.items()).encode()
@@ -124,7 +139,7 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope["path"])
         declared = _header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await _send_too_large(send, limit)
+            await _send_too_large(send, limit, oip=is_oip_path(scope["path"]))
             return
 
         received = 0
@@ -143,8 +158,8 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-async def _send_too_large(send: Send, limit: int) -> None:
-    body = error_body(413, "payload_too_large", f"Request body exceeds the limit of {limit} bytes")
+async def _send_too_large(send: Send, limit: int, *, oip: bool) -> None:
+    body = error_body(413, "payload_too_large", f"Request body exceeds the limit of {limit} bytes", oip=oip)
     await send_json(send, 413, body, {"connection": "close"})
 
 

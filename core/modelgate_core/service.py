@@ -1,4 +1,9 @@
-"""Build a model service's FastAPI app: one call wires everything the services share."""
+"""Build a model service's FastAPI app: one call wires everything the services share.
+
+A service serves the folders of the model repository whose runtime it owns: over the Open Inference
+Protocol (`/v2`), the `/v1/models/{name}:predict` call, and whatever domain routes it adds on top
+of the same loaded models (e.g. `/v1/tabular/iris`).
+"""
 
 from __future__ import annotations
 
@@ -17,16 +22,41 @@ from modelgate_core.config import CommonSettings
 from modelgate_core.errors import install_error_handlers
 from modelgate_core.health import Drain, health_router
 from modelgate_core.logging import configure_logging
-from modelgate_core.middleware import BodyLimitMiddleware, RequestContextMiddleware, limits_by_path
-from modelgate_core.model import ModelRunner, ServedModel
+from modelgate_core.middleware import BodyLimitMiddleware, RequestContextMiddleware, tensor_body_limits
+from modelgate_core.oip.dataplane import DataPlane
+from modelgate_core.oip.rest import oip_components, oip_router
+from modelgate_core.repository.control import Control, default_control_dir
+from modelgate_core.repository.repository import ModelRepository, RuntimeFactory, ServingOptions
 
 
 class ServiceSettings(CommonSettings):
     """Settings every model service has."""
 
-    artifacts_dir: Path = Path("artifacts")
-    # Largest upload accepted (vision), in bytes.
+    # `<name>/<version>/model-settings.json` folders; `make models` puts the built-in models here.
+    model_repository: Path = Path("models")
+    # How often each worker scans the repository for added, changed or removed version folders.
+    model_poll_seconds: float = Field(default=2.0, gt=0, le=3600)
+    # Whether this service lists folders no service can serve (bad JSON, unknown runtime) in its index.
+    report_unclaimed_models: bool = False
+    # Largest upload accepted (images, tensor bodies of /v2 infer and :predict), in bytes.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1_024)
+    # Model calls one worker runs at once, per model version.
+    inference_concurrency: int = Field(default=1, ge=1)
+
+    def batch_policy(self) -> BatchPolicy | None:
+        return None
+
+    def repository(self, service: str, runtimes: Mapping[str, RuntimeFactory]) -> ModelRepository:
+        """This worker's repository for `service`, serving with these settings."""
+        return ModelRepository(
+            self.model_repository,
+            service,
+            runtimes,
+            Control(default_control_dir()),
+            options=ServingOptions(max_concurrency=self.inference_concurrency, batching=self.batch_policy()),
+            poll_seconds=self.model_poll_seconds,
+            report_unclaimed=self.report_unclaimed_models,
+        )
 
 
 class BatchingSettings(ServiceSettings):
@@ -43,7 +73,7 @@ class BatchingSettings(ServiceSettings):
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
 
     def batch_policy(self) -> BatchPolicy | None:
-        """The policy for `ServedModel(batching=...)`, or None when batching is off."""
+        """The batching policy of every model version served, or None when batching is off."""
         if not self.batching:
             return None
         return BatchPolicy(max_batch_size=self.batch_max_size, max_wait_ms=self.batch_max_wait_ms)
@@ -59,25 +89,12 @@ def default_model_threads() -> int:
 class NeuralServiceSettings(BatchingSettings):
     """Settings of a service whose model runs on torch or ONNX Runtime (vision, nlp)."""
 
-    # Which artifact answers: "onnx" (`<model>-onnx` on ONNX Runtime, the faster one: see
-    # scripts/bench_runtime.py) or "torch" (`<model>`). Responses keep the model's name either way;
-    # the version says which artifact answered (the ONNX one's ends in ".onnx.<key>").
+    # Which backend a model folder that has both answers with: "onnx" (ONNX Runtime, the faster one:
+    # see scripts/bench_runtime.py) or "torch". Responses keep the model's name either way; the
+    # version says which artifact answered (the ONNX one's ends in ".onnx.<key>").
     runtime: Literal["onnx", "torch"] = "onnx"
     # Intra-op threads per worker, for torch or ONNX Runtime; the default splits the cores between workers.
     torch_threads: int = Field(default_factory=default_model_threads, ge=1)
-    # One model call at a time per worker: each one is already spread over `torch_threads`.
-    inference_concurrency: int = Field(default=1, ge=1)
-
-    def served_model(self, name: str, runner: ModelRunner[Any, Any]) -> ServedModel[Any, Any]:
-        """`runner` served as `name`, from the artifact of the chosen runtime, with these settings."""
-        return ServedModel(
-            name,
-            runner,
-            self.artifacts_dir,
-            artifact=f"{name}-onnx" if self.runtime == "onnx" else name,
-            max_concurrency=self.inference_concurrency,
-            batching=self.batch_policy(),
-        )
 
 
 def create_service_app(
@@ -85,13 +102,13 @@ def create_service_app(
     title: str,
     version: str,
     settings: ServiceSettings,
-    models: Sequence[ServedModel[Any, Any]],
-    routers: Sequence[APIRouter],
+    repository: ModelRepository,
+    routers: Sequence[APIRouter] = (),
     upload_paths: Sequence[str] = (),
 ) -> FastAPI:
-    """Return the service app: models loaded once in the lifespan (in the background, so liveness
-    answers while they load), readiness 503 until every model is ready, common errors, JSON logs
-    with request IDs, metrics, and body limits (`upload_paths` get `max_upload_bytes`)."""
+    """Return the service app: the repository loaded in the lifespan (in the background, so liveness
+    answers at once) and kept in step with its folder, readiness 503 until the first load pass is
+    done, the OIP routes, common errors, JSON logs with request IDs, metrics, and body limits."""
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
 
     drain = Drain()
@@ -99,17 +116,16 @@ def create_service_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         drain.watch_sigterm()
-        # Load in the background: the server starts answering /health/live at once and
-        # /health/ready turns 200 when every model is in memory.
-        loading = asyncio.create_task(_load_all(models))
+        keeper = asyncio.create_task(_keep_in_step(repository))
         yield
-        loading.cancel()
+        keeper.cancel()
+        repository.control.forget_self()
 
     app = FastAPI(title=title, version=version, lifespan=lifespan)
     install_error_handlers(app)
 
     async def readiness() -> Mapping[str, str]:
-        return {m.name: m.state if m.state != "failed" else f"failed: {m.error}" for m in models}
+        return {"repository": "ready" if repository.started else "loading"}
 
     app.include_router(health_router(readiness, drain))
 
@@ -117,22 +133,61 @@ def create_service_app(
 
     @models_router.get("/models", summary="Models served by this service")
     async def list_models() -> dict[str, list[dict[str, Any]]]:
-        return {"models": [m.info() for m in models]}
+        return {"models": model_catalogue(repository, settings.service_name)}
 
     app.include_router(models_router)
+    plane = DataPlane(
+        repository,
+        server_name=settings.service_name,
+        server_version=version,
+        ready=lambda: repository.started,
+    )
+    app.include_router(oip_router(plane))
     for router in routers:
         app.include_router(router)
+    _document_oip(app)
 
     app.add_middleware(
         BodyLimitMiddleware,
-        limit_for=limits_by_path(
-            settings.max_json_bytes, dict.fromkeys(upload_paths, settings.max_upload_bytes)
-        ),
+        limit_for=tensor_body_limits(settings.max_json_bytes, settings.max_upload_bytes, upload_paths),
     )
     app.add_middleware(RequestContextMiddleware, service=settings.service_name)
     return app
 
 
-async def _load_all(models: Sequence[ServedModel[Any, Any]]) -> None:
-    for model in models:
-        await model.load()
+def model_catalogue(repository: ModelRepository, service: str) -> list[dict[str, Any]]:
+    """Name, version, domain, manifest metrics and state of every version, for `/v1/models`."""
+    catalogue: list[dict[str, Any]] = []
+    for entry in repository.index():
+        info: dict[str, Any] = {"name": entry.name, "state": entry.state}
+        if entry.state == "READY":
+            served = repository.get(entry.name, entry.version)
+            manifest = served.runtime.context.manifest
+            info.update(version=served.artifact_version(), framework=served.runtime.platform)
+            if manifest is not None:
+                info.update(
+                    domain=manifest.domain,
+                    framework=manifest.framework,
+                    created=manifest.created,
+                    data_source=manifest.data_source,
+                    metrics=manifest.metrics,
+                )
+        catalogue.append(info)
+    return catalogue
+
+
+async def _keep_in_step(repository: ModelRepository) -> None:
+    await repository.start()
+    await repository.run()
+
+
+def _document_oip(app: FastAPI) -> None:
+    """Add the OIP component schemas that the `/v2` operations refer to."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(oip_components())
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise it

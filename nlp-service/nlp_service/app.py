@@ -1,13 +1,14 @@
-"""nlp-service: sentiment behind one FastAPI app (`gunicorn nlp_service.app:app`)."""
+"""nlp-service: the repository's `text-classification` models (`gunicorn nlp_service.app:app`)."""
 
 from __future__ import annotations
+
+from functools import partial
 
 from fastapi import FastAPI
 
 from modelgate_core.service import NeuralServiceSettings, create_service_app
-from nlp_service.onnx_runner import OnnxSentimentRunner
 from nlp_service.routes import nlp_router
-from nlp_service.runners import SentimentRunner
+from nlp_service.text_runtime import TextClassificationRuntime
 
 
 class NlpSettings(NeuralServiceSettings):
@@ -15,16 +16,16 @@ class NlpSettings(NeuralServiceSettings):
 
 
 def create_app(settings: NlpSettings | None = None) -> FastAPI:
-    """Build the app; the model loads in its lifespan, not here."""
+    """Build the app; models load in its lifespan, not here."""
     settings = settings or NlpSettings()
-    runner_class = OnnxSentimentRunner if settings.runtime == "onnx" else SentimentRunner
-    sentiment = settings.served_model("sentiment", runner_class(torch_threads=settings.torch_threads))
+    runtime = partial(TextClassificationRuntime, backend=settings.runtime, threads=settings.torch_threads)
+    repository = settings.repository("nlp", {"text-classification": runtime})
     return create_service_app(
         title="ModelGate nlp-service",
         version="1.0.0",
         settings=settings,
-        models=[sentiment],
-        routers=[nlp_router(sentiment)],
+        repository=repository,
+        routers=[nlp_router(repository)],
     )
 
 

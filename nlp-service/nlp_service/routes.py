@@ -1,11 +1,15 @@
-"""NLP routes; the paths are the public ones, so the gateway forwards them unchanged."""
+"""The built-in sentiment routes (`/v1/nlp/sentiment`, `/sentiment/batch`), kept as they were for
+their clients, answered by the repository's `sentiment` model (text-classification runtime)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from fastapi import APIRouter
 
 from modelgate_core.context import annotate
-from modelgate_core.model import ServedModel
+from modelgate_core.repository.repository import ModelRepository
 from modelgate_core.schemas.common import ErrorResponse, ModelRef
 from modelgate_core.schemas.nlp import (
     SentimentBatchRequest,
@@ -18,18 +22,32 @@ from modelgate_core.schemas.nlp import (
 ERRORS = {code: {"model": ErrorResponse} for code in (413, 422, 503)}
 
 
-def nlp_router(sentiment: ServedModel[str, SentimentPrediction]) -> APIRouter:
+def nlp_router(repository: ModelRepository) -> APIRouter:
     router = APIRouter(prefix="/v1/nlp", tags=["nlp"], responses=ERRORS)  # type: ignore[arg-type]
 
+    async def classify(texts: Sequence[str]) -> tuple[list[SentimentPrediction], ModelRef]:
+        served = repository.get("sentiment")
+        batch = np.array([t.encode("utf-8") for t in texts], dtype=object)
+        out = await served.infer({"text": batch})
+        predictions = [
+            SentimentPrediction(
+                label=label.decode() if isinstance(label, bytes) else str(label),  # type: ignore[arg-type]
+                score=round(float(score), 6),
+                truncated=bool(truncated),
+            )
+            for label, score, truncated in zip(out["label"], out["score"], out["truncated"], strict=True)
+        ]
+        return predictions, ModelRef(name="sentiment", version=served.artifact_version())
+
     @router.post("/sentiment", summary="Sentiment of one text")
-    async def predict_sentiment(request: SentimentRequest) -> SentimentResponse:
-        (prediction,) = await sentiment.infer([request.text])
-        return SentimentResponse(**prediction.model_dump(), model=ModelRef(**sentiment.model_ref()))
+    async def sentiment(request: SentimentRequest) -> SentimentResponse:
+        (prediction,), ref = await classify([request.text])
+        return SentimentResponse(**prediction.model_dump(), model=ref)
 
     @router.post("/sentiment/batch", summary="Sentiment of up to 64 texts")
-    async def predict_sentiment_batch(request: SentimentBatchRequest) -> SentimentBatchResponse:
+    async def sentiment_batch(request: SentimentBatchRequest) -> SentimentBatchResponse:
         annotate(batch_size=len(request.texts))
-        results = await sentiment.infer(request.texts)
-        return SentimentBatchResponse(results=results, model=ModelRef(**sentiment.model_ref()))
+        results, ref = await classify(request.texts)
+        return SentimentBatchResponse(results=results, model=ref)
 
     return router

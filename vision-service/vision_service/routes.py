@@ -1,14 +1,16 @@
-"""Vision routes; the path is the public one, so the gateway forwards it unchanged."""
+"""The built-in classification route (`/v1/vision/classify`, a multipart upload), kept as it was for
+its clients, answered by the repository's `imagenet` model (image-classification runtime)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
 from modelgate_core.context import annotate
 from modelgate_core.errors import UnsupportedMediaType
-from modelgate_core.model import ServedModel
+from modelgate_core.repository.repository import ModelRepository
 from modelgate_core.schemas.common import ErrorResponse, ModelRef
 from modelgate_core.schemas.vision import (
     ACCEPTED_IMAGE_TYPES,
@@ -27,7 +29,7 @@ async def require_multipart(request: Request) -> None:
         raise UnsupportedMediaType("Send the image as multipart/form-data with the field 'file'")
 
 
-def vision_router(imagenet: ServedModel[bytes, list[ClassScore]]) -> APIRouter:
+def vision_router(repository: ModelRepository) -> APIRouter:
     router = APIRouter(prefix="/v1/vision", tags=["vision"], responses=ERRORS)  # type: ignore[arg-type]
 
     @router.post(
@@ -42,10 +44,23 @@ def vision_router(imagenet: ServedModel[bytes, list[ClassScore]]) -> APIRouter:
         ] = TOP_K_DEFAULT,
     ) -> ClassifyResponse:
         # The body limit middleware has already bounded the size; the format is checked from the
-        # bytes themselves, off the event loop, in the runner.
+        # bytes themselves, off the event loop, in the runtime.
         data = await file.read()
         annotate(upload_bytes=len(data))
-        (scores,) = await imagenet.infer([data])
-        return ClassifyResponse(predictions=scores[:top_k], model=ModelRef(**imagenet.model_ref()))
+        served = repository.get("imagenet")
+        out = await served.infer({"image": np.array([data], dtype=object)}, {"top_k": top_k})
+        scores = [
+            ClassScore(
+                label=label.decode() if isinstance(label, bytes) else str(label),
+                class_id=int(class_id),
+                score=round(float(score), 6),
+            )
+            for label, class_id, score in zip(
+                out["label"][0], out["class_id"][0], out["score"][0], strict=True
+            )
+        ]
+        return ClassifyResponse(
+            predictions=scores, model=ModelRef(name="imagenet", version=served.artifact_version())
+        )
 
     return router

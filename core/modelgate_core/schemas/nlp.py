@@ -25,6 +25,9 @@ class SentimentRequest(StrictModel):
 class SentimentPrediction(BaseModel):
     label: SentimentLabel = Field(examples=["positive"])
     score: float = Field(ge=0, le=1, description="Probability of the label", examples=[0.98])
+    truncated: bool = Field(
+        default=False, description="The text was longer than the model reads and was cut to fit"
+    )
 
 
 class SentimentResponse(SentimentPrediction):

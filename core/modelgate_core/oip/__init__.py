@@ -1,0 +1,1 @@
+"""The Open Inference Protocol (KServe v2) data plane: types, tensor codec, REST endpoints."""

@@ -1,0 +1,1 @@
+"""The model repository: `<name>/<version>/model-settings.json` folders, loaded by the runtime they name."""

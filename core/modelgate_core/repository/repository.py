@@ -1,0 +1,413 @@
+"""The model repository as one service's worker sees it: which folders are its models, what is
+loaded, and keeping that in step with the folder and with explicit load/unload calls.
+
+Layout: `<root>/<name>/<version>/model-settings.json` + the model's files. Versions are positive
+integers (other folder names are ignored with a warning, as Triton does); the highest ready version
+answers when a request names none. A service loads the folders whose runtime it owns
+(`RUNTIME_SERVICES`) and leaves the others to their service; a folder no service can own (bad
+JSON, unknown runtime) is reported by the service configured to report it (`report_unclaimed`).
+
+A version is loaded once its files have stopped changing between two scans (a folder still being
+copied in is not loaded half-way), reloaded when they change, and dropped when its folder goes,
+after its in-flight requests finish. A version that fails to load is UNAVAILABLE with the reason,
+in the index and the logs; it never affects the other models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio.to_thread
+
+from modelgate_core.artifacts import MANIFEST_NAME, ArtifactError, Manifest, read_manifest, verify_files
+from modelgate_core.batching import BatchPolicy
+from modelgate_core.errors import BadRequest, NotFound, ServiceUnavailable
+from modelgate_core.metrics import MODEL_READY
+from modelgate_core.oip.types import ModelState, RepositoryEntry
+from modelgate_core.repository.control import CONTROL_CHECK_SECONDS, Control
+from modelgate_core.repository.runtime import ModelContext, ModelRuntime
+from modelgate_core.repository.served import ServedVersion
+from modelgate_core.repository.settings import (
+    RUNTIME_SERVICES,
+    SETTINGS_FILE,
+    ModelSettings,
+    ModelSettingsError,
+    read_settings,
+)
+
+logger = logging.getLogger("modelgate.repository")
+
+RuntimeFactory = Callable[[ModelContext], ModelRuntime]
+# Files, sizes and modification times of a version folder: equal signatures, same files.
+Signature = tuple[tuple[str, int, int], ...]
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass
+class ServingOptions:
+    """How this service runs its models: parallel calls per version, batching, unload patience."""
+
+    max_concurrency: int = 1
+    batching: BatchPolicy | None = None
+    unload_timeout: float = 30.0
+
+
+@dataclass
+class _Found:
+    """A version folder seen by a scan."""
+
+    name: str
+    version: str
+    folder: Path
+    signature: Signature
+    settings: ModelSettings | None = None
+    error: str = ""
+
+
+@dataclass
+class _Version:
+    name: str
+    version: str
+    state: ModelState = "LOADING"
+    reason: str = ""
+    signature: Signature | None = None
+    served: ServedVersion | None = None
+
+
+@dataclass
+class _Scan:
+    mine: dict[tuple[str, str], _Found] = field(default_factory=dict)
+    # Folders of this service's runtimes that cannot be used, and unclaimed broken ones it reports.
+    broken: dict[tuple[str, str], _Found] = field(default_factory=dict)
+
+
+class ModelRepository:
+    """One worker's view of the repository; `start` it in the app's lifespan."""
+
+    def __init__(
+        self,
+        root: Path,
+        service: str,
+        runtimes: Mapping[str, RuntimeFactory],
+        control: Control,
+        *,
+        options: ServingOptions | None = None,
+        poll_seconds: float = 2.0,
+        report_unclaimed: bool = False,
+        load_timeout: float = 300.0,
+    ) -> None:
+        unknown = sorted(set(runtimes) - set(RUNTIME_SERVICES))
+        if unknown:
+            raise ValueError(f"runtimes {unknown} are not in RUNTIME_SERVICES")
+        self.root = root
+        self.service = service
+        self.runtimes = dict(runtimes)
+        self.control = control
+        self.options = options or ServingOptions()
+        self.poll_seconds = poll_seconds
+        self.report_unclaimed = report_unclaimed
+        self.load_timeout = load_timeout
+        self.versions: dict[tuple[str, str], _Version] = {}
+        self.broken: dict[tuple[str, str], _Found] = {}
+        self.started = False
+        self._generation = 0
+        self._previous: dict[tuple[str, str], Signature] = {}
+        self._reconciling = asyncio.Lock()
+        self._warned: set[str] = set()
+
+    # ---- serving ---------------------------------------------------------------------------------
+
+    def get(self, name: str, version: str | None = None) -> ServedVersion:
+        """The version that answers for `name` (the highest ready one by default); 404 or 503 otherwise."""
+        known = sorted((v for (n, _), v in self.versions.items() if n == name), key=_version_key)
+        if not known:
+            raise NotFound(f"Unknown model '{name}'")
+        if version is not None:
+            chosen = next((v for v in known if v.version == version), None)
+            if chosen is None:
+                raise NotFound(f"Unknown version '{version}' of model '{name}'")
+        else:
+            ready = [v for v in known if v.served is not None]
+            chosen = ready[-1] if ready else known[-1]
+        if chosen.served is None:
+            detail = f": {chosen.reason}" if chosen.reason else ""
+            raise ServiceUnavailable(f"Model '{name}' version {chosen.version} is {chosen.state}{detail}")
+        return chosen.served
+
+    def served_versions(self) -> list[ServedVersion]:
+        return [v.served for _, v in sorted(self.versions.items()) if v.served is not None]
+
+    def versions_of(self, name: str) -> list[str]:
+        return [v.version for v in sorted(self.versions.values(), key=_version_key) if v.name == name]
+
+    def index(self, ready_only: bool = False) -> list[RepositoryEntry]:
+        entries = [
+            RepositoryEntry(name=v.name, version=v.version, state=v.state, reason=v.reason)
+            for _, v in sorted(self.versions.items(), key=lambda item: (item[0][0], _version_key(item[1])))
+        ]
+        entries += [
+            RepositoryEntry(name=f.name, version=f.version or None, state="UNAVAILABLE", reason=f.error)
+            for key, f in sorted(self.broken.items())
+            if key not in self.versions
+        ]
+        return [e for e in entries if e.state == "READY"] if ready_only else entries
+
+    # ---- keeping in step -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load everything there is now (no settling wait at start-up), then report."""
+        self._generation = self.control.read().generation
+        await self.reconcile(settle=False)
+        self.started = True
+
+    async def run(self) -> None:
+        """Poll the folder and the control file until cancelled."""
+        next_scan = time.monotonic() + self.poll_seconds
+        while True:
+            await asyncio.sleep(CONTROL_CHECK_SECONDS)
+            control_changed = self.control.changed()
+            if control_changed or time.monotonic() >= next_scan:
+                try:
+                    await self.reconcile()
+                except Exception:  # the poller must survive anything a folder can do to it
+                    logger.exception("repository reconcile failed")
+                next_scan = time.monotonic() + self.poll_seconds
+
+    async def reconcile(self, *, settle: bool = True) -> None:
+        """Scan the folder, then load, reload and unload until this worker matches it."""
+        async with self._reconciling:
+            control = self.control.read()
+            forced = {name for name, gen in control.loads.items() if gen > self._generation}
+            scan = await anyio.to_thread.run_sync(self._scan)
+            self.broken = scan.broken
+            wanted = {key: found for key, found in scan.mine.items() if key[0] not in control.unloaded}
+            for key, found in sorted(wanted.items()):
+                current = self.versions.get(key)
+                retry = found.name in forced and (current is None or current.served is None)
+                if current is not None and current.signature == found.signature and not retry:
+                    continue
+                settled = self._previous.get(key) == found.signature
+                if settle and not settled and found.name not in forced:
+                    if current is None:
+                        self.versions[key] = _Version(found.name, found.version, "LOADING", "files changing")
+                    continue
+                await self._load(key, found)
+            for key in [k for k in self.versions if k not in wanted]:
+                reason = "unloaded" if key in scan.mine else ""
+                await self._unload(key, keep_as=reason or None)
+            self._previous = {key: found.signature for key, found in scan.mine.items()}
+            self._generation = max(self._generation, control.generation)
+            self._report()
+
+    async def _load(self, key: tuple[str, str], found: _Found) -> None:
+        old = self.versions.get(key)
+        entry = _Version(found.name, found.version, "LOADING", "", found.signature)
+        self.versions[key] = entry
+        if old is not None and old.served is not None:
+            # Keep answering with the old files until the new ones are loaded.
+            entry.served, entry.state = old.served, "READY"
+        started = time.perf_counter()
+        try:
+            served = await anyio.to_thread.run_sync(self._load_blocking, found)
+        except Exception as exc:  # noqa: BLE001 - any failure is this version's reason, never the service's
+            entry.state, entry.reason, entry.served = "UNAVAILABLE", _reason(exc), None
+            logger.warning(
+                "model failed to load",
+                extra={"model": found.name, "version": found.version, "reason": entry.reason},
+            )
+            if old is not None and old.served is not None:
+                await self._retire(old.served)
+            return
+        entry.state, entry.reason, entry.served = "READY", "", served
+        MODEL_READY.labels(found.name).set(1)
+        logger.info(
+            "model loaded",
+            extra={
+                "model": found.name,
+                "version": found.version,
+                "runtime": served.runtime.runtime,
+                "load_seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        if old is not None and old.served is not None:
+            await self._retire(old.served)
+
+    def _load_blocking(self, found: _Found) -> ServedVersion:
+        assert found.settings is not None
+        manifest: Manifest | None = None
+        if (found.folder / MANIFEST_NAME).is_file():
+            manifest = read_manifest(found.folder)
+            verify_files(found.folder, manifest)
+        context = ModelContext(found.name, found.version, found.folder, found.settings, manifest)
+        runtime = self.runtimes[found.settings.runtime](context)
+        runtime.load()
+        if not runtime.inputs or not runtime.outputs:
+            raise ValueError(f"runtime {runtime.runtime!r} declared no inputs or outputs")
+        return ServedVersion(
+            runtime, max_concurrency=self.options.max_concurrency, batching=self.options.batching
+        )
+
+    async def _unload(self, key: tuple[str, str], keep_as: str | None) -> None:
+        entry = self.versions[key]
+        served = entry.served
+        if keep_as is None:
+            del self.versions[key]
+        else:
+            self.versions[key] = _Version(entry.name, entry.version, "UNAVAILABLE", keep_as)
+        if served is not None:
+            await self._retire(served)
+            logger.info("model unloaded", extra={"model": entry.name, "version": entry.version})
+        if not any(v.served is not None for (n, _), v in self.versions.items() if n == entry.name):
+            MODEL_READY.labels(entry.name).set(0)
+
+    async def _retire(self, served: ServedVersion) -> None:
+        """Let the requests that use `served` finish, then release it."""
+        if not await served.drained(self.options.unload_timeout):
+            logger.warning(
+                "unloading with requests still in flight",
+                extra={"model": served.name, "version": served.version},
+            )
+        await anyio.to_thread.run_sync(served.runtime.unload)
+
+    def _report(self) -> None:
+        models = {f"{v.name}/{v.version}": [v.state, v.reason] for v in self.versions.values()}
+        try:
+            self.control.report(self._generation, models)
+        except OSError as exc:
+            logger.warning("cannot write the worker report", extra={"error": repr(exc)})
+
+    # ---- explicit calls (the repository extension) -----------------------------------------------
+
+    async def load(self, name: str) -> list[RepositoryEntry]:
+        """Load (or reload) every version of `name` in every worker; answer when done.
+
+        404 when the repository has no folder of this service for it; 400 when it failed, with why.
+        """
+        scan = await anyio.to_thread.run_sync(self._scan)
+        if not any(n == name for n, _ in scan.mine) and not any(n == name for n, _ in scan.broken):
+            raise NotFound(f"No model '{name}' in the repository")
+        with self.control.locked() as state:
+            state.generation += 1
+            state.unloaded.discard(name)
+            state.loads[name] = state.generation
+            generation = state.generation
+        # Reload from scratch: a failed or changed folder gets a fresh attempt now.
+        for key in [k for k in self.versions if k[0] == name]:
+            self.versions[key].signature = None
+        await self.reconcile(settle=False)
+        await self._wait_for_workers(generation)
+        entries = [e for e in self.index() if e.name == name]
+        failed = [e for e in entries if e.state != "READY"]
+        if failed or not entries:
+            reasons = "; ".join(f"version {e.version}: {e.reason or e.state}" for e in failed)
+            raise BadRequest(f"Model '{name}' failed to load: {reasons or 'no version folder'}")
+        return entries
+
+    async def unload(self, name: str) -> None:
+        """Unload every version of `name` in every worker (after their in-flight requests)."""
+        if not any(n == name for n, _ in self.versions):
+            raise NotFound(f"Unknown model '{name}'")
+        with self.control.locked() as state:
+            state.generation += 1
+            state.unloaded.add(name)
+            state.loads.pop(name, None)
+            generation = state.generation
+        await self.reconcile(settle=False)
+        await self._wait_for_workers(generation)
+
+    async def _wait_for_workers(self, generation: int) -> None:
+        deadline = time.monotonic() + self.load_timeout
+        while True:
+            behind = [
+                pid for pid, report in self.control.workers().items() if report["generation"] < generation
+            ]
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"Workers {behind} did not follow within {self.load_timeout:.0f}s")
+            await asyncio.sleep(CONTROL_CHECK_SECONDS / 2)
+
+    # ---- scanning (in a thread) ------------------------------------------------------------------
+
+    def _scan(self) -> _Scan:
+        scan = _Scan()
+        if not self.root.is_dir():
+            self._warn_once(str(self.root), f"model repository {self.root} does not exist")
+            return scan
+        for model_dir in sorted(self.root.iterdir()):
+            if model_dir.name.startswith(".") or not model_dir.is_dir():
+                continue
+            if not MODEL_NAME.match(model_dir.name):
+                self._warn_once(str(model_dir), f"ignoring {model_dir.name!r}: not a valid model name")
+                continue
+            for version_dir in sorted(model_dir.iterdir()):
+                if version_dir.name.startswith(".") or not version_dir.is_dir():
+                    continue
+                if not version_dir.name.isdigit() or int(version_dir.name) < 1:
+                    self._warn_once(
+                        str(version_dir),
+                        f"ignoring {model_dir.name}/{version_dir.name}: versions are positive integers",
+                    )
+                    continue
+                self._classify(scan, model_dir.name, str(int(version_dir.name)), version_dir)
+        return scan
+
+    def _classify(self, scan: _Scan, name: str, version: str, folder: Path) -> None:
+        key = (name, version)
+        found = _Found(name, version, folder, _signature(folder))
+        try:
+            found.settings = read_settings(folder)
+        except ModelSettingsError as exc:
+            found.error = str(exc)
+            if self.report_unclaimed or self._claims_by_text(folder):
+                scan.broken[key] = found
+            return
+        if RUNTIME_SERVICES[found.settings.runtime] != self.service:
+            return
+        if found.settings.runtime not in self.runtimes:
+            found.error = f"runtime {found.settings.runtime!r} is not installed in this service"
+            scan.broken[key] = found
+            return
+        scan.mine[key] = found
+
+    def _claims_by_text(self, folder: Path) -> bool:
+        """A settings file that does not validate but names one of our runtimes is ours to report."""
+        try:
+            text = (folder / SETTINGS_FILE).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+        return any(f'"{runtime}"' in text for runtime in self.runtimes)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)
+
+
+def _signature(folder: Path) -> Signature:
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        try:
+            if path.is_file():
+                st = path.stat()
+                entries.append((path.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns))
+        except OSError:
+            continue  # removed while scanning: the next scan sees the folder as it is
+    return tuple(entries)
+
+
+def _version_key(v: _Version) -> int:
+    return int(v.version)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ArtifactError | ModelSettingsError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

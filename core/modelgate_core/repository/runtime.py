@@ -1,0 +1,97 @@
+"""The contract every runtime implements: one loaded model version, tensors in and tensors out.
+
+As in KServe's `Model`: `load` once (per worker, in a thread), then per request `preprocess` (one
+request's validated input tensors -> what `predict` takes; raise `BadRequest` for bad content such
+as an undecodable image), `predict` (rows of several requests concatenated along the first axis when
+batching merges them), `postprocess` (one request's rows -> its output tensors). Everything but
+`load` runs in worker threads, never on the event loop.
+
+Tensors are numpy arrays (`modelgate_core.oip.types.NUMPY_DTYPES`); BYTES tensors are object arrays
+of `bytes`. The framework checks names, datatypes and shapes against `inputs` before `preprocess`,
+and selects the requested `outputs` after `postprocess`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from modelgate_core.artifacts import Manifest
+from modelgate_core.oip.types import Parameters, TensorSpec
+from modelgate_core.repository.settings import ModelSettings
+
+Tensors = Mapping[str, np.ndarray[Any, Any]]
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What a runtime is given: the model's public name, its version folder and its settings.
+
+    `manifest` is the folder's `manifest.json` when it has one (built-in models do), already checked
+    against the files' sha256 by the repository.
+    """
+
+    name: str
+    version: str
+    folder: Path
+    settings: ModelSettings
+    manifest: Manifest | None = None
+
+    @property
+    def parameters(self) -> Parameters:
+        return self.settings.parameters
+
+
+class ModelRuntime(ABC):
+    """One model version in memory. Subclass per kind of model; register it in a service."""
+
+    # The name used in model-settings.json, and the OIP metadata `platform`.
+    runtime: ClassVar[str]
+    platform: ClassVar[str]
+
+    def __init__(self, context: ModelContext) -> None:
+        self.context = context
+        # Set by `load`: from the settings where declared, otherwise derived from the model.
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+
+    @property
+    def batchable(self) -> bool:
+        """Whether requests may be merged along the first axis (every input's first dim is -1)."""
+        return all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
+
+    @abstractmethod
+    def load(self) -> None:
+        """Read the model from `context.folder`, set `inputs` and `outputs`; raise on any problem."""
+
+    def preprocess(self, inputs: Tensors, parameters: Parameters) -> Tensors:
+        """One request's checked inputs -> model-ready arrays with the same number of rows."""
+        return inputs
+
+    @abstractmethod
+    def predict(self, batch: Tensors) -> Tensors:
+        """Run the model; every output has one row per input row, in order."""
+
+    def postprocess(self, outputs: Tensors, parameters: Parameters) -> Tensors:
+        """One request's rows of the raw outputs -> its output tensors (named as in `outputs`)."""
+        return outputs
+
+    def unload(self) -> None:  # noqa: B027 - optional hook
+        """Release what `load` took (sessions, threads); the object is dropped afterwards."""
+
+    def describe(self) -> Parameters:
+        """Extra metadata parameters for `GET /v2/models/{name}` (e.g. labels, the backend in use)."""
+        return {}
+
+
+def declared_or(
+    context: ModelContext, derived_inputs: list[TensorSpec], derived_outputs: list[TensorSpec]
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The settings' declared tensors where given, else what the runtime derived from the model."""
+    settings = context.settings
+    return (settings.inputs or derived_inputs, settings.outputs or derived_outputs)
