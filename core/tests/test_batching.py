@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
-from modelgate_core.artifacts import Manifest, hash_files, write_manifest
 from modelgate_core.batching import Batcher, BatchPolicy
-from modelgate_core.errors import Unprocessable
-from modelgate_core.model import ModelRunner, ServedModel
+from modelgate_core.errors import BadRequest
 
 
 class Recorder:
@@ -168,97 +165,62 @@ def test_policy_is_validated() -> None:
         BatchPolicy(max_batch_size=0)
 
 
-# --- Through ServedModel, with a real runner ----------------------------------------------------------
-
-
-class CountingDoubler(ModelRunner[float, float]):
-    """y = 2x; refuses negative inputs in preprocess; counts predict calls and their sizes."""
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-        self.threads: set[int] = set()
-
-    def load(self, model_dir: Path, manifest: Manifest) -> None:
-        pass
-
-    def preprocess(self, item: float) -> float:
-        if item < 0:
-            raise Unprocessable(f"negative input {item}")
-        return item
-
-    def predict(self, batch: Sequence[float]) -> Sequence[float]:
-        self.calls.append(len(batch))
-        self.threads.add(threading.get_ident())
-        time.sleep(0.02)  # a model takes a while: callers pile up behind it
-        return [2 * x for x in batch]
-
-    def postprocess(self, raw: float) -> float:
-        return raw
-
-
-@pytest.fixture
-def artifacts(tmp_path: Path) -> Path:
-    model_dir = tmp_path / "doubler"
-    model_dir.mkdir()
-    (model_dir / "weights.txt").write_text("2")
-    manifest = Manifest(
-        name="doubler",
-        version="1.0.0",
-        domain="tabular",
-        created="2026-01-01T00:00:00Z",
-        framework="python",
-        data_source="none",
-        files=hash_files(model_dir),
-    )
-    write_manifest(model_dir, manifest)
-    return tmp_path
+# --- Through a served model version, with a real runtime -----------------------------------------
 
 
 async def loaded(
-    artifacts: Path, policy: BatchPolicy | None
-) -> tuple[ServedModel[float, float], CountingDoubler]:
-    runner = CountingDoubler()
-    served = ServedModel("doubler", runner, artifacts, batching=policy)
-    await served.load()
-    assert served.ready
-    return served, runner
+    root: Path, control: Path, write_version: Any, make_repository: Any, policy: BatchPolicy | None
+) -> Any:
+    write_version(root, "double", "1", settings={"runtime": "sklearn", "parameters": {"delay": 0.02}})
+    repository = make_repository(root, control, batching=policy)
+    await repository.start()
+    served = repository.get("double")
+    return served, served.runtime
 
 
 def batch_size_samples() -> tuple[float, float]:
     """(count, sum) of the doubler's MODEL_BATCH_SIZE histogram so far."""
-    labels = {"model": "doubler"}
+    labels = {"model": "double"}
     count = REGISTRY.get_sample_value("modelgate_model_batch_size_count", labels) or 0.0
     return count, REGISTRY.get_sample_value("modelgate_model_batch_size_sum", labels) or 0.0
 
 
-async def test_served_model_merges_concurrent_infer_calls(artifacts: Path) -> None:
-    served, runner = await loaded(artifacts, BatchPolicy(max_batch_size=32, max_wait_ms=5))
+async def test_served_model_merges_concurrent_infer_calls(
+    repo_root: Path, control_dir: Path, write_version: Any, make_repository: Any, tensor: Any
+) -> None:
+    policy = BatchPolicy(max_batch_size=32, max_wait_ms=5)
+    served, runtime = await loaded(repo_root, control_dir, write_version, make_repository, policy)
     count, total = batch_size_samples()
-    results = await asyncio.gather(*(served.infer([float(i), float(i) + 0.5]) for i in range(20)))
-    assert results == [[2.0 * i, 2.0 * i + 1.0] for i in range(20)]
-    assert sum(runner.calls) == 40
-    assert len(runner.calls) < 20 / 2  # most calls were merged
-    assert max(runner.calls) <= 32
+    results = await asyncio.gather(*(served.infer(tensor(float(i), i + 0.5)) for i in range(20)))
+    assert [r["y"].tolist() for r in results] == [[2.0 * i, 2.0 * i + 1.0] for i in range(20)]
+    assert sum(runtime.calls) == 40
+    assert len(runtime.calls) < 20 / 2  # most calls were merged
+    assert max(runtime.calls) <= 32
     # The histogram sees model calls and their sizes, not requests.
-    assert batch_size_samples() == (count + len(runner.calls), total + 40)
+    assert batch_size_samples() == (count + len(runtime.calls), total + 40)
 
 
-async def test_unbatched_model_calls_once_per_infer(artifacts: Path) -> None:
-    served, runner = await loaded(artifacts, None)
-    await asyncio.gather(*(served.infer([float(i)]) for i in range(5)))
-    assert runner.calls == [1, 1, 1, 1, 1]
+async def test_unbatched_model_calls_once_per_infer(
+    repo_root: Path, control_dir: Path, write_version: Any, make_repository: Any, tensor: Any
+) -> None:
+    served, runtime = await loaded(repo_root, control_dir, write_version, make_repository, None)
+    await asyncio.gather(*(served.infer(tensor(float(i))) for i in range(5)))
+    assert runtime.calls == [1, 1, 1, 1, 1]
 
 
-async def test_a_bad_input_fails_only_its_caller(artifacts: Path) -> None:
-    served, runner = await loaded(artifacts, BatchPolicy(max_batch_size=32, max_wait_ms=20))
+async def test_a_bad_input_fails_only_its_caller(
+    repo_root: Path, control_dir: Path, write_version: Any, make_repository: Any, tensor: Any
+) -> None:
+    policy = BatchPolicy(max_batch_size=32, max_wait_ms=20)
+    served, runtime = await loaded(repo_root, control_dir, write_version, make_repository, policy)
     outcomes = await asyncio.gather(
-        served.infer([1.0]),
-        served.infer([2.0, -1.0]),  # one bad input: this whole call fails, as it would unbatched
-        served.infer([3.0, 4.0]),
-        served.infer([-5.0]),
+        served.infer(tensor(1.0)),
+        served.infer(tensor(2.0, -1.0)),  # one bad input: this whole call fails, as it would unbatched
+        served.infer(tensor(3.0, 4.0)),
+        served.infer(tensor(-5.0)),
         return_exceptions=True,
     )
-    assert outcomes[0] == [2.0] and outcomes[2] == [6.0, 8.0]
-    assert isinstance(outcomes[1], Unprocessable) and "-1.0" in str(outcomes[1])
-    assert isinstance(outcomes[3], Unprocessable) and "-5.0" in str(outcomes[3])
-    assert runner.calls == [4]  # the good inputs (1, 2, 3, 4) in one predict call
+    assert outcomes[0]["y"].tolist() == [2.0] and outcomes[2]["y"].tolist() == [6.0, 8.0]
+    assert isinstance(outcomes[1], BadRequest) and "-1.0" in str(outcomes[1])
+    assert isinstance(outcomes[3], BadRequest) and "-5.0" in str(outcomes[3])
+    assert runtime.calls == [3]  # the good requests' rows (1, 3, 4) in one predict call

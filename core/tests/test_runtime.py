@@ -4,85 +4,67 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
-from modelgate_core.artifacts import Manifest
+from modelgate_core.artifacts import Manifest, hash_files, write_manifest
 from modelgate_core.context import accept_request_id
-from modelgate_core.errors import Unprocessable
 from modelgate_core.logging import JsonFormatter
-from modelgate_core.model import ModelRunner, ServedModel
 from modelgate_core.service import ServiceSettings, create_service_app
 from modelgate_core.testing import wait_until_ready
-
-
-class Doubler(ModelRunner[float, float]):
-    """A real (if tiny) model: y = 2x, refusing negative inputs in preprocess."""
-
-    def load(self, model_dir: Path, manifest: Manifest) -> None:
-        self.factor = float(manifest.extra.get("factor", 2))
-
-    def preprocess(self, item: float) -> float:
-        if item < 0:
-            raise Unprocessable("negative input")
-        return item
-
-    def predict(self, batch: Sequence[float]) -> Sequence[float]:
-        return [x * self.factor for x in batch]
-
-    def postprocess(self, raw: float) -> float:
-        return raw
 
 
 class Numbers(BaseModel):
     values: list[float] = Field(min_length=1, max_length=10)
 
 
-def make_app(artifacts: Path, **overrides: Any) -> tuple[TestClient, ServedModel[float, float]]:
-    served: ServedModel[float, float] = ServedModel("doubler", Doubler(), artifacts)
-    router = APIRouter()
+@pytest.fixture
+def make_app(doubler_runtime: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`make_app(root, **settings)`: a service with one domain route (`/v1/double`) over the
+    repository's `double` model, plus everything `create_service_app` adds (OIP, health, metrics)."""
+    monkeypatch.setenv("MODEL_CONTROL_DIR", str(tmp_path / "control"))
 
-    @router.post("/v1/double")
-    async def double(body: Numbers) -> dict[str, list[float]]:
-        return {"values": await served.infer(body.values)}
+    def make(root: Path, **overrides: Any) -> TestClient:
+        settings = ServiceSettings(model_repository=root, service_name="test-svc", **overrides)
+        repository = settings.repository("tabular", {"sklearn": doubler_runtime})
+        router = APIRouter()
 
-    @router.post("/v1/upload")
-    async def upload(request: Any = None) -> dict[str, int]:
-        return {"n": 0}
+        @router.post("/v1/double")
+        async def double(body: Numbers) -> dict[str, list[float]]:
+            out = await repository.get("double").infer({"x": np.asarray(body.values, dtype=np.float64)})
+            return {"values": out["y"].tolist()}
 
-    settings = ServiceSettings(artifacts_dir=artifacts, service_name="test-svc", **overrides)
-    app = create_service_app(title="t", version="1", settings=settings, models=[served], routers=[router])
-    return TestClient(app, raise_server_exceptions=False), served
+        app = create_service_app(
+            title="t", version="1", settings=settings, repository=repository, routers=[router]
+        )
+        return TestClient(app, raise_server_exceptions=False)
+
+    return make
 
 
 @pytest.fixture
-def artifacts(tmp_path: Path) -> Path:
-    from modelgate_core.artifacts import hash_files, write_manifest
-
-    model_dir = tmp_path / "doubler"
-    model_dir.mkdir()
-    (model_dir / "weights.txt").write_text("2")
+def root(repo_root: Path, write_version: Any) -> Path:
+    folder = write_version(repo_root, "double", "1")
     write_manifest(
-        model_dir,
+        folder,
         Manifest(
-            name="doubler",
+            name="double",
             version="1.0.0",
             domain="tabular",
             created="2026-01-01T00:00:00Z",
             framework="python",
             data_source="none",
             metrics={"accuracy": 1.0},
-            extra={"factor": 2},
-            files=hash_files(model_dir),
+            files=hash_files(folder),
         ),
     )
-    return tmp_path
+    return repo_root
 
 
 def test_request_id_rules() -> None:
@@ -91,43 +73,111 @@ def test_request_id_rules() -> None:
         assert len(accept_request_id(bad)) == 32
 
 
-def test_model_is_served_after_loading(artifacts: Path) -> None:
-    client, _ = make_app(artifacts)
-    with client:
+def test_model_is_served_after_loading(root: Path, make_app: Any) -> None:
+    with make_app(root) as client:
         wait_until_ready(client)
         response = client.post("/v1/double", json={"values": [1, 2.5]}, headers={"x-request-id": "req-1"})
         assert response.json() == {"values": [2.0, 5.0]}
         assert response.headers["x-request-id"] == "req-1"
-        models = client.get("/v1/models").json()["models"]
-        assert models[0]["name"] == "doubler" and models[0]["metrics"] == {"accuracy": 1.0}
-        assert models[0]["state"] == "ready"
+        (model,) = client.get("/v1/models").json()["models"]
+        assert model["name"] == "double" and model["metrics"] == {"accuracy": 1.0}
+        assert model["state"] == "READY" and model["version"] == "1.0.0"
 
 
-def test_not_ready_until_loaded_and_503_in_common_shape(tmp_path: Path) -> None:
-    client, _ = make_app(tmp_path / "missing")
-    with client:
-        ready = client.get("/health/ready")
-        assert ready.status_code == 503
-        error = ready.json()["error"]
-        assert error["code"] == "not_ready" and "doubler" in error["message"]
+def test_an_empty_repository_is_ready_and_answers_404(tmp_path: Path, make_app: Any) -> None:
+    with make_app(tmp_path / "missing") as client:
+        wait_until_ready(client)
         assert client.get("/health/live").status_code == 200
         response = client.post("/v1/double", json={"values": [1]})
-        assert response.status_code == 503
-        assert response.json()["error"]["code"] == "service_unavailable"
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
 
 
-def test_errors_share_one_shape(artifacts: Path) -> None:
-    client, _ = make_app(artifacts)
-    with client:
+def test_oip_metadata_infer_and_predict(root: Path, make_app: Any) -> None:
+    with make_app(root) as client:
+        wait_until_ready(client)
+        assert client.get("/v2").json() == {
+            "name": "test-svc",
+            "version": "1",
+            "extensions": ["binary_tensor_data", "model_repository"],
+        }
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        meta = client.get("/v2/models/double").json()
+        assert meta["versions"] == ["1"] and meta["platform"] == "doubler"
+        assert meta["inputs"] == [{"name": "x", "datatype": "FP64", "shape": [-1], "parameters": {}}]
+        assert client.get("/v2/models/double/versions/1/ready").json() == {"name": "double", "ready": True}
+        infer = client.post(
+            "/v2/models/double/versions/1/infer",
+            json={"id": "r-7", "inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [1, 2]}]},
+        )
+        assert infer.status_code == 200
+        assert infer.json() == {
+            "model_name": "double",
+            "model_version": "1",
+            "id": "r-7",
+            "outputs": [{"name": "y", "datatype": "FP64", "shape": [2], "data": [2.0, 4.0]}],
+        }
+        predict = client.post("/v1/models/double:predict", json={"instances": [1.5, 3]})
+        assert predict.json()["predictions"] == [3.0, 6.0]
+        index = client.post("/v2/repository/index").json()
+        assert index == [{"name": "double", "version": "1", "state": "READY", "reason": ""}]
+
+
+def test_v2_errors_have_the_oip_shape(root: Path, make_app: Any) -> None:
+    with make_app(root, max_upload_bytes=2048) as client:
+        wait_until_ready(client)
+        good_input = {"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}
+        cases = [
+            (client.get("/v2/models/nope"), 404, "not_found", "Unknown model 'nope'"),
+            (client.get("/v2/models/double/versions/9"), 404, "not_found", "Unknown version '9'"),
+            (client.post("/v2/models/double/infer", content=b"{"), 400, "bad_request", "not valid JSON"),
+            (
+                client.post("/v2/models/double/infer", json={"inputs": [{**good_input, "datatype": "FP32"}]}),
+                400,
+                "bad_request",
+                "FP64",
+            ),
+            (
+                client.post("/v2/models/double/infer", json={"inputs": [{**good_input, "data": [-1]}]}),
+                400,
+                "bad_request",
+                "negative input",
+            ),
+            (
+                client.post(
+                    "/v2/models/double/infer", json={"inputs": [good_input], "outputs": [{"name": "z"}]}
+                ),
+                400,
+                "bad_request",
+                "Unknown output 'z'",
+            ),
+            (
+                client.post("/v2/models/double/infer", content=b"[" + b"1," * 2000 + b"1]"),
+                413,
+                "payload_too_large",
+                "2048",
+            ),
+            (client.post("/v2/repository/models/ghost/load"), 404, "not_found", "No model 'ghost'"),
+            (client.post("/v2/repository/index", content=b"[1]"), 400, "bad_request", "JSON object"),
+        ]
+        for response, status, code, fragment in cases:
+            assert response.status_code == status, response.text
+            body = response.json()
+            assert body["code"] == code and fragment in body["error"], body
+            assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_v1_errors_share_the_common_shape(root: Path, make_app: Any) -> None:
+    with make_app(root) as client:
         wait_until_ready(client)
         cases = [
-            (client.post("/v1/double", json={"values": [-1]}), 422, "validation_error"),
             (client.post("/v1/double", json={"values": "x"}), 422, "validation_error"),
             (
                 client.post("/v1/double", content=b"{", headers={"content-type": "application/json"}),
                 422,
                 "validation_error",
             ),
+            (client.post("/v1/models/double:predict", json={"rows": [1]}), 422, "validation_error"),
             (client.get("/v1/nothing"), 404, "not_found"),
             (client.delete("/v1/double"), 405, "method_not_allowed"),
         ]
@@ -138,9 +188,8 @@ def test_errors_share_one_shape(artifacts: Path) -> None:
             assert body["error"]["request_id"] == response.headers["x-request-id"]
 
 
-def test_json_body_limit(artifacts: Path) -> None:
-    client, _ = make_app(artifacts, max_json_bytes=2048)
-    with client:
+def test_json_body_limit(root: Path, make_app: Any) -> None:
+    with make_app(root, max_json_bytes=2048) as client:
         wait_until_ready(client)
         response = client.post(
             "/v1/double",
@@ -151,9 +200,8 @@ def test_json_body_limit(artifacts: Path) -> None:
         assert response.json()["error"]["code"] == "payload_too_large"
 
 
-def test_metrics_count_requests_by_route(artifacts: Path) -> None:
-    client, _ = make_app(artifacts)
-    with client:
+def test_metrics_count_requests_by_route(root: Path, make_app: Any) -> None:
+    with make_app(root) as client:
         wait_until_ready(client)
         client.post("/v1/double", json={"values": [1]})
         text = client.get("/metrics").text
@@ -161,7 +209,16 @@ def test_metrics_count_requests_by_route(artifacts: Path) -> None:
             'modelgate_http_requests_total{method="POST",route="/v1/double",service="test-svc",status="200"}'
             in text
         )
-        assert 'modelgate_model_inference_seconds_count{model="doubler"}' in text
+        assert 'modelgate_model_inference_seconds_count{model="double"}' in text
+
+
+def test_the_openapi_document_describes_the_oip_bodies(root: Path, make_app: Any) -> None:
+    with make_app(root) as client:
+        spec = client.get("/openapi.json").json()
+        infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
+        assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+        assert "RequestInput" in spec["components"]["schemas"]
+        assert "InferenceRequest" in spec["components"]["schemas"]
 
 
 def test_json_formatter_stamps_request_id_and_fields() -> None:
