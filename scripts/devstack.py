@@ -33,6 +33,20 @@ SERVICES = {  # name -> (folder, app module)
 }
 
 
+def copy_repository(source: Path, dest: Path) -> Path:
+    """A model repository of one's own (tests add and remove models in it): hard links to
+    `source`'s files where the filesystem allows, copies otherwise."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, dest, copy_function=link_or_copy, dirs_exist_ok=True)
+    return dest
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
@@ -46,7 +60,8 @@ class LocalStack:
 
     ports: dict[str, int]
     run_dir: Path
-    artifacts_dir: Path = REPO / "artifacts"
+    # The model repository the services serve (`make models` fills `models/`).
+    repository: Path = REPO / "models"
     workers: int = 1
     extra_env: Mapping[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -61,7 +76,7 @@ class LocalStack:
             "SERVICE_NAME": "gateway" if name == "gateway" else folder,
             "BIND": f"127.0.0.1:{self.ports[name]}",
             "WEB_CONCURRENCY": str(self.workers),
-            "ARTIFACTS_DIR": str(self.artifacts_dir),
+            "MODEL_REPOSITORY": str(self.repository),
             "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / f"metrics-{name}"),
             "TABULAR_URL": self.url("tabular"),
             "VISION_URL": self.url("vision"),
@@ -175,6 +190,7 @@ def running_stack(
     run_dir: Path | None = None,
     workers: int = 1,
     extra_env: Mapping[str, str] | None = None,
+    repository: Path | None = None,
 ) -> Iterator[LocalStack]:
     """Start all four processes, wait until the gateway is ready, stop them all on exit."""
     with tempfile.TemporaryDirectory(prefix="modelgate-") as tmp:
@@ -183,6 +199,7 @@ def running_stack(
             run_dir=run_dir or Path(tmp),
             workers=workers,
             extra_env=extra_env or {},
+            repository=repository or REPO / "models",
         )
         stack.run_dir.mkdir(parents=True, exist_ok=True)
         try:

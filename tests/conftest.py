@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-from devstack import LocalStack, free_port, running_stack  # noqa: E402
+from devstack import LocalStack, copy_repository, free_port, running_stack  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -63,9 +63,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[LocalStack]:
-    """The real gateway and three model services under Gunicorn on free local ports."""
-    with running_stack() as local_stack:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The real gateway and three model services under Gunicorn on free local ports, serving a
+    model repository of their own (the built-in models; tests add and remove others in it)."""
+    built = REPO / "models"
+    if not (built / "iris" / "1").is_dir():
+        pytest.fail("models/ has no built-in models: run `make models` (make test does)")
+    repository = copy_repository(built, tmp_path_factory.mktemp("repository") / "models")
+    with running_stack(repository=repository, extra_env={"MODEL_POLL_SECONDS": "0.5"}) as local_stack:
         yield local_stack
 
 

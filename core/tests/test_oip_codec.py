@@ -19,7 +19,8 @@ from modelgate_core.oip.codec import (
     decode_infer_request,
     encode_infer_response,
 )
-from modelgate_core.oip.types import NUMPY_DTYPES, TensorSpec
+from modelgate_core.oip.dtypes import NUMPY_DTYPES
+from modelgate_core.oip.types import TensorSpec
 
 # One (2, 3) tensor per datatype, reaching each type's extremes.
 SAMPLES: dict[str, np.ndarray] = {

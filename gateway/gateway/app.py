@@ -2,37 +2,47 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from gateway.cache import MemoryResponseCache, RedisResponseCache, ResponseCache
 from gateway.config import GatewaySettings
 from gateway.deps import GatewayState
+from gateway.directory import ModelDirectory, upstream_index_fetcher
 from gateway.keys import open_store
+from gateway.openapi import ApiDocument
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from gateway.routes import models, nlp, tabular, vision
-from gateway.upstream import Upstream, UpstreamClient, make_http_client
+from gateway.readiness import check_readiness
+from gateway.routes import docs, inference, models, repository, server
+from gateway.routes.domain import domain_router
+from gateway.upstream import BINARY_HEADER, Upstream, UpstreamClient, make_http_client
 from modelgate_core.errors import install_error_handlers
 from modelgate_core.health import Drain, health_router
 from modelgate_core.logging import configure_logging
-from modelgate_core.middleware import BodyLimitMiddleware, RequestContextMiddleware, limits_by_path
+from modelgate_core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 
 DESCRIPTION = """
-ModelGate serves several ML models behind one API.
+ModelGate serves ML models behind one API: each service's own routes under `/v1/<service>/...`, and
+every model through the Open Inference Protocol (KServe v2) under `/v2` (plus KServe v1's
+`/v1/models/{name}:predict`), wherever the model lives.
 
 Authenticate with `X-API-Key: <key>` or `Authorization: Bearer <key>` (create one with
-`make key NAME=me SCOPES=tabular,vision,nlp`). Every response carries `X-Request-ID`; every error is
-`{"error": {"code", "message", "request_id"}}`.
+`make key NAME=me SCOPES=tabular,vision,nlp`; `model:<name>` scopes one model, `admin` the repository).
+Every response carries `X-Request-ID`. Errors on `/v2` are `{"error": "<message>", "code", "request_id"}`;
+elsewhere `{"error": {"code", "message", "request_id"}}`.
 """
 
 
 def build_upstreams(settings: GatewaySettings) -> dict[str, Upstream]:
-    """The services, keyed by the scope that guards them."""
+    """The services, keyed by their name: the scope that guards them and their `/v1/<name>/` prefix.
+
+    The one place services are configured; everything else (domain routes, model directory, documents,
+    readiness) follows this mapping.
+    """
     return {
         "tabular": Upstream("tabular", str(settings.tabular_url).rstrip("/"), settings.tabular_timeout),
         "vision": Upstream("vision", str(settings.vision_url).rstrip("/"), settings.vision_timeout),
@@ -60,13 +70,34 @@ def make_cache(settings: GatewaySettings) -> ResponseCache | None:
     return MemoryResponseCache(settings.response_cache_ttl_seconds)
 
 
+def body_limit_for(settings: GatewaySettings, services: Mapping[str, Upstream]) -> Callable[[str], int]:
+    """The body limit of a path: tensors (infer, :predict) may be as large as an upload, JSON may not.
+
+    A domain route's limit here is the larger one, as it may be a multipart upload; the domain proxy
+    holds its non-multipart bodies to the JSON limit itself.
+    """
+    upload, json_limit = settings.max_upload_bytes, settings.max_json_bytes
+    domain_prefixes = tuple(f"/v1/{name}/" for name in services)
+
+    def limit_for(path: str) -> int:
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            return upload
+        if path.startswith("/v1/models/") and path.endswith(":predict"):
+            return upload
+        if path.startswith(domain_prefixes):
+            return max(upload, json_limit)
+        return json_limit
+
+    return limit_for
+
+
 def create_app(
     settings: GatewaySettings | None = None, transport: httpx.AsyncBaseTransport | None = None
 ) -> FastAPI:
     """Build the gateway; `transport` lets unit tests put in-process services behind it."""
     settings = settings or GatewaySettings()
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
-
+    upstreams = build_upstreams(settings)
     drain = Drain()
 
     @asynccontextmanager
@@ -82,11 +113,20 @@ def create_app(
         )
         limiter = make_limiter(settings)
         cache = make_cache(settings)
+        client = UpstreamClient(http, settings.connect_timeout)
+        directory = ModelDirectory(
+            list(upstreams),
+            upstream_index_fetcher(client, upstreams, settings.readiness_timeout),
+            ttl_seconds=settings.model_directory_ttl_seconds,
+            stale_after_seconds=settings.model_directory_stale_seconds,
+        )
         app.state.gateway = GatewayState(
             settings=settings,
-            client=UpstreamClient(http, settings.connect_timeout),
+            client=client,
             keys=keys,
-            upstreams=build_upstreams(settings),
+            upstreams=upstreams,
+            directory=directory,
+            drain=drain,
             limiter=limiter,
             cache=cache,
         )
@@ -100,28 +140,29 @@ def create_app(
             if cache is not None:
                 await cache.close()
 
-    app = FastAPI(title="ModelGate", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    # FastAPI's own document would only know the gateway's routes: /openapi.json is the merged one.
+    app = FastAPI(
+        title="ModelGate",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.api_document = ApiDocument(settings.openapi_cache_seconds)
     install_error_handlers(app)
 
     async def readiness() -> Mapping[str, str]:
-        state: GatewayState = app.state.gateway
-        names = list(state.upstreams)
-        results = await asyncio.gather(*(_upstream_ready(state, state.upstreams[n]) for n in names))
-        checks = dict(zip(names, results, strict=True))
-        if state.settings.redis_url:
-            checks["redis"] = "ready" if await state.keys.ping() else "unreachable"
-        return checks
+        return await check_readiness(app.state.gateway)
 
-    app.include_router(health_router(readiness, drain))
-    v1 = APIRouter(prefix="/v1")
-    for module in (tabular, vision, nlp, models):
-        v1.include_router(module.router)
-    app.include_router(v1)
+    app.include_router(health_router(readiness))
+    for module in (server, inference, repository, models, docs):
+        app.include_router(module.router)
+    for name in upstreams:
+        app.include_router(domain_router(name))
 
-    app.add_middleware(
-        BodyLimitMiddleware,
-        limit_for=limits_by_path(settings.max_json_bytes, {"/v1/vision/classify": settings.max_upload_bytes}),
-    )
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit_for(settings, upstreams))
     origins = [o.strip() for o in settings.cors_allow_origins.split(",") if o.strip()]
     if origins:
         # Starlette's CORS middleware is plain ASGI; it answers preflights before auth runs.
@@ -129,7 +170,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-ID", BINARY_HEADER],
             expose_headers=[
                 "X-Request-ID",
                 "Retry-After",
@@ -138,23 +179,11 @@ def create_app(
                 "RateLimit-Reset",
                 "Server-Timing",
                 "X-Cache",
+                BINARY_HEADER,
             ],
         )
     app.add_middleware(RequestContextMiddleware, service=settings.service_name)
     return app
-
-
-async def _upstream_ready(state: GatewayState, upstream: Upstream) -> str:
-    try:
-        answer = await state.client.request(
-            upstream, "GET", "/health/ready", timeout=state.settings.readiness_timeout, probe=True
-        )
-    except Exception:  # noqa: BLE001 - any failure is "not ready"; the reason is in the logs
-        return "unreachable"
-    if answer.status_code != 200:
-        return f"not ready (HTTP {answer.status_code})"
-    # The service answers, but this gateway has stopped sending it traffic for now.
-    return "ready" if upstream.breaker.state == "closed" else f"circuit {upstream.breaker.state}"
 
 
 app = create_app()

@@ -1,9 +1,10 @@
 """Optional response cache for deterministic predictions (tabular and nlp; vision only if enabled).
 
 A cached answer is keyed by the route, the versions of the models behind the service, and a hash of
-the canonical (validated, re-serialised) input, so a new model version never serves an old answer and
-`{"a": 1, "b": 2}` hits the same entry as `{"b":2,"a":1}`. Entries expire after a TTL. Redis when
-configured (shared by every gateway replica), otherwise a bounded in-process store.
+the canonical input (a JSON body parsed and re-serialised with sorted keys, plus the query), so a new
+model version never serves an old answer and `{"a": 1, "b": 2}` hits the same entry as `{"b":2,"a":1}`.
+Entries expire after a TTL. Redis when configured (shared by every gateway replica), otherwise a
+bounded in-process store.
 """
 
 from __future__ import annotations

@@ -37,6 +37,14 @@ class GatewaySettings(CommonSettings):
     # Image uploads are large and rarely repeated: cached only when asked for.
     response_cache_vision: bool = False
 
+    # The model directory (which service holds which model) is re-read from every service's
+    # `/v2/repository/index` when older than this, and at once on an unknown name.
+    model_directory_ttl_seconds: float = Field(default=2.0, gt=0)
+    # A service that stops answering keeps its last known models this long, then they are forgotten.
+    model_directory_stale_seconds: float = Field(default=30.0, gt=0)
+    # The merged OpenAPI document (the gateway's own and every service's) is rebuilt this often.
+    openapi_cache_seconds: float = Field(default=30.0, ge=0)
+
     # Browser origins allowed to call the API (comma-separated); empty: CORS off, no CORS headers at all.
     cors_allow_origins: str = ""
 
@@ -44,6 +52,8 @@ class GatewaySettings(CommonSettings):
     tabular_timeout: float = Field(default=5.0, gt=0)
     vision_timeout: float = Field(default=30.0, gt=0)
     nlp_timeout: float = Field(default=15.0, gt=0)
+    # Loading a model (repository extension) can take much longer than a prediction.
+    model_load_timeout: float = Field(default=120.0, gt=0)
     readiness_timeout: float = Field(default=1.0, gt=0)
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1_024)
     # Connections kept per upstream; enough for the gateway's concurrency, bounded so a slow service

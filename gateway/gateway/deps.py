@@ -12,11 +12,13 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from gateway.cache import ResponseCache
 from gateway.config import GatewaySettings
-from gateway.keys import ApiKey, KeyStore
+from gateway.directory import ModelDirectory
+from gateway.keys import ADMIN_SCOPE, ApiKey, KeyStore
 from gateway.ratelimit import RATE_LIMIT_ERRORS, RATE_LIMITED, Limit, RateLimiter, headers_for
 from gateway.upstream import Upstream, UpstreamClient
 from modelgate_core.context import add_response_header, annotate
 from modelgate_core.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
+from modelgate_core.health import Drain
 
 logger = logging.getLogger("gateway.auth")
 
@@ -29,6 +31,8 @@ class GatewayState:
     client: UpstreamClient
     keys: KeyStore
     upstreams: dict[str, Upstream]
+    directory: ModelDirectory
+    drain: Drain = field(default_factory=Drain)
     limiter: RateLimiter | None = None
     cache: ResponseCache | None = None
     # service -> (expires at, "model=version,..."), for cache keys
@@ -108,6 +112,10 @@ def require_scope(scope: str) -> Callable[[ApiKey], Awaitable[ApiKey]]:
     return check
 
 
-TabularKey = Annotated[ApiKey, Depends(require_scope("tabular"))]
-VisionKey = Annotated[ApiKey, Depends(require_scope("vision"))]
-NlpKey = Annotated[ApiKey, Depends(require_scope("nlp"))]
+def require_model_scope(key: ApiKey, model: str, service: str) -> None:
+    """403 unless the key may call `model`, which `service` holds (known only once it is located)."""
+    if not key.allows_model(model, service):
+        raise Forbidden(f"API key '{key.name}' lacks the '{service}' or 'model:{model}' scope")
+
+
+AdminKey = Annotated[ApiKey, Depends(require_scope(ADMIN_SCOPE))]

@@ -4,6 +4,8 @@ Two stores behind one interface: a JSON file (the single-machine default) and Re
 set, so every gateway replica sees the same keys). Also a command line:
 
     python -m gateway.keys create --name NAME --scopes tabular,nlp
+    python -m gateway.keys create --name NAME --scopes model:iris,model:fraud
+    python -m gateway.keys create --name NAME --scopes admin
     python -m gateway.keys revoke --name NAME
     python -m gateway.keys list
 """
@@ -24,10 +26,18 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gateway.names import is_model_name
 from gateway.redis_client import make_redis, with_reconnect
 from modelgate_core.errors import ServiceUnavailable
 
-SCOPES = frozenset({"tabular", "vision", "nlp", "*"})
+# A service's name lets a key use that service's domain routes and every model it holds; `model:<name>`
+# one model (through the /v2 and :predict routes) wherever it lives; `admin` the repository extension
+# (index, load, unload); `*` everything.
+SERVICE_SCOPES = frozenset({"tabular", "vision", "nlp"})
+ADMIN_SCOPE = "admin"
+ALL_SCOPES = "*"
+MODEL_SCOPE_PREFIX = "model:"
+SCOPES = SERVICE_SCOPES | {ADMIN_SCOPE, ALL_SCOPES}
 KEY_PREFIX = "mg_"
 _REDIS_KEYS = "modelgate:api-keys"  # hash: key hash -> record JSON
 
@@ -53,7 +63,13 @@ class ApiKey:
     burst: int | None = None
 
     def allows(self, scope: str) -> bool:
-        return "*" in self.scopes or scope in self.scopes
+        """Whether the key carries `scope`. `*` allows everything, `admin` included; no other scope
+        implies another (`admin` alone cannot call a model, a service scope cannot administer)."""
+        return ALL_SCOPES in self.scopes or scope in self.scopes
+
+    def allows_model(self, model: str, service: str) -> bool:
+        """Whether the key may call `model`, held by `service`: the service's scope or `model:<name>`."""
+        return self.allows(service) or self.allows(MODEL_SCOPE_PREFIX + model)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -81,11 +97,21 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def is_scope(scope: str) -> bool:
+    """A known scope, or `model:<name>` with a valid model name."""
+    if scope.startswith(MODEL_SCOPE_PREFIX):
+        return is_model_name(scope.removeprefix(MODEL_SCOPE_PREFIX))
+    return scope in SCOPES
+
+
 def parse_scopes(raw: str) -> tuple[str, ...]:
     scopes = tuple(sorted({s.strip() for s in raw.split(",") if s.strip()}))
-    unknown = set(scopes) - SCOPES
+    unknown = sorted(s for s in scopes if not is_scope(s))
     if not scopes or unknown:
-        raise KeyError_(f"scopes must be a comma list of {sorted(SCOPES)}; got {raw!r}")
+        raise KeyError_(
+            f"scopes must be a comma list of {', '.join(sorted(SCOPES))} or model:<name> "
+            f"(name: 1-64 of A-Z a-z 0-9 _ . -); got {raw!r}"
+        )
     return scopes
 
 
@@ -280,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="create a key and print it once")
     create.add_argument("--name", required=True)
-    create.add_argument("--scopes", default="*", help="comma list of tabular,vision,nlp or * (default)")
+    create.add_argument(
+        "--scopes",
+        default="*",
+        help="comma list of tabular, vision, nlp, model:<name>, admin, or * (everything; the default)",
+    )
     create.add_argument(
         "--rate", type=float, help="requests per second (default: the gateway's RATE_LIMIT_PER_SECOND)"
     )

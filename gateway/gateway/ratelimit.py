@@ -55,7 +55,9 @@ def _decide(limit: Limit, now_ms: float, tat_ms: float | None) -> tuple[Decision
     if new_tat - now_ms > capacity:
         retry = new_tat - capacity - now_ms
         return Decision(False, limit.burst, 0, (tat - now_ms) / 1000, retry / 1000), None
-    remaining = int((capacity - (new_tat - now_ms)) // interval)
+    # The epsilon absorbs float rounding: (now + T) - now can come out a hair above T, which would
+    # report one token fewer than there is.
+    remaining = math.floor((capacity - (new_tat - now_ms)) / interval + 1e-9)
     return Decision(True, limit.burst, remaining, (new_tat - now_ms) / 1000, 0.0), new_tat
 
 
@@ -97,7 +99,7 @@ if new_tat - now > capacity then
   return {0, 0, tostring(tat - now), tostring(new_tat - capacity - now)}
 end
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return {1, math.floor((capacity - (new_tat - now)) / interval), tostring(new_tat - now), '0'}
+return {1, math.floor((capacity - (new_tat - now)) / interval + 1e-9), tostring(new_tat - now), '0'}
 """
 
 

@@ -2,7 +2,8 @@
 become gateway errors.
 
 A service that is down or refuses is 503, a timeout is 504, an answer we cannot use is 502; the
-service's own 4xx (and 503 while its model loads) pass through in the common error shape.
+service's own 4xx (and 503 while its model loads) pass through in the common error shape, or on `/v2`
+paths in the Open Inference Protocol's (`{"error": "<message>", ...}`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,25 @@ from modelgate_core.metrics import UPSTREAM_LATENCY
 
 logger = logging.getLogger("gateway.upstream")
 
+# OIP binary tensor extension: the length of the JSON part of a body whose tensors follow as raw bytes.
+BINARY_HEADER = "inference-header-content-length"
+
 # The only service response headers a client sees; the rest (hop-by-hop, lengths, the service's own
 # request ID echo) are the transport's or the gateway's business.
-_PASS_RESPONSE_HEADERS = frozenset({"content-type", "server-timing", "retry-after", "x-cache"})
+_PASS_RESPONSE_HEADERS = frozenset(
+    {
+        "content-type",
+        "server-timing",
+        "retry-after",
+        "x-cache",
+        "allow",  # a service's 405 says which methods its route has
+        BINARY_HEADER,
+    }
+)
+# The only client request headers a service sees besides `content-type` and the request ID.
+_PASS_REQUEST_HEADERS = frozenset({BINARY_HEADER})
+# Service errors a client may see as they are; any other status is the gateway's 502.
+_PASS_ERROR_STATUSES = frozenset({400, 404, 405, 409, 413, 415, 422, 429, 503})
 
 
 @dataclass
@@ -80,19 +97,22 @@ class UpstreamClient:
         *,
         content: bytes | None = None,
         content_type: str | None = None,
-        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - a per-call read timeout handed to httpx
         probe: bool = False,
     ) -> UpstreamResponse:
         """Send one request; raise the mapped `ModelGateError` on failure.
 
+        `headers` are the client's; only those a service needs (`forwardable_headers`) are sent.
         `probe` requests (readiness checks) bypass the breaker and retries: they must see the truth.
         """
         if not probe and not upstream.breaker.allow():
             raise ServiceUnavailable(f"The {upstream.name} service is unavailable (circuit open)")
-        headers = {"x-request-id": current_request_id() or ""}
+        sent_headers = forwardable_headers(headers or {})
+        sent_headers["x-request-id"] = current_request_id() or ""
         if content_type:
-            headers["content-type"] = content_type
+            sent_headers["content-type"] = content_type
         request_timeout = httpx.Timeout(timeout or upstream.timeout, connect=self.connect_timeout)
         self.budget.deposit()
         started = time.perf_counter()
@@ -107,7 +127,7 @@ class UpstreamClient:
                         upstream.url_for(address, path),
                         content=content,
                         params=params,
-                        headers=headers,
+                        headers=sent_headers,
                         timeout=request_timeout,
                     )
                     break
@@ -119,7 +139,7 @@ class UpstreamClient:
                     attempt += 1
                     await asyncio.sleep(backoff(attempt))
             outcome = str(response.status_code)
-            answer = check_response(upstream, response)
+            answer = check_response(upstream, response, path)
         except httpx.HTTPError as exc:
             outcome = type(exc).__name__
             if not probe:
@@ -159,34 +179,56 @@ def map_transport_error(upstream: Upstream, exc: httpx.HTTPError) -> ModelGateEr
     return BadGateway(f"The {upstream.name} service failed: {type(exc).__name__}")
 
 
-def check_response(upstream: Upstream, response: httpx.Response) -> UpstreamResponse:
-    """Pass good answers and the service's own client errors through; anything else is a 502."""
+def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client request headers a service is sent (keys and cookies never are)."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() in _PASS_REQUEST_HEADERS}
+
+
+def check_response(upstream: Upstream, response: httpx.Response, path: str = "") -> UpstreamResponse:
+    """Pass good answers and the service's own client errors through; anything else is a 502.
+
+    Good: 2xx JSON, 2xx empty, or 2xx binary tensors (octet-stream with the OIP length header).
+    """
     status = response.status_code
     headers = {k: v for k, v in response.headers.items() if k.lower() in _PASS_RESPONSE_HEADERS}
-    is_json = response.headers.get("content-type", "").startswith("application/json")
-    if 200 <= status < 300 and is_json:
+    content_type = response.headers.get("content-type", "")
+    is_json = content_type.startswith("application/json")
+    if 200 <= status < 300 and (is_json or not response.content or _is_binary_answer(response)):
         return UpstreamResponse(status, response.content, headers)
-    if status in (400, 404, 405, 413, 415, 422, 429, 503) and is_json and _is_error_shape(response.content):
+    if status in _PASS_ERROR_STATUSES and is_json and _is_error_shape(response.content, oip=_is_oip(path)):
         return UpstreamResponse(status, response.content, headers)
     logger.warning(
         "invalid upstream answer",
-        extra={
-            "upstream": upstream.name,
-            "upstream_status": status,
-            "content_type": response.headers.get("content-type"),
-        },
+        extra={"upstream": upstream.name, "upstream_status": status, "content_type": content_type},
     )
     if status == 503:
         raise ServiceUnavailable(f"The {upstream.name} service is unavailable")
     raise BadGateway(f"The {upstream.name} service gave an invalid answer (HTTP {status})")
 
 
-def _is_error_shape(content: bytes) -> bool:
+def _is_oip(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def _is_binary_answer(response: httpx.Response) -> bool:
+    declared = response.headers.get(BINARY_HEADER, "")
+    return (
+        response.headers.get("content-type", "").startswith("application/octet-stream")
+        and declared.isdigit()
+        and int(declared) <= len(response.content)
+    )
+
+
+def _is_error_shape(content: bytes, *, oip: bool) -> bool:
+    """The common shape (`{"error": {"code", ...}}`), or on OIP paths also `{"error": "<message>"}`."""
     try:
         body = orjson.loads(content)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(body, dict) and isinstance(body.get("error"), dict) and "code" in body["error"]
+    if not isinstance(body, dict):
+        return False
+    error = body.get("error")
+    return (isinstance(error, dict) and "code" in error) or (oip and isinstance(error, str))
 
 
 def make_http_client(max_connections: int, transport: str = "httpx") -> httpx.AsyncClient:

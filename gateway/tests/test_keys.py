@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.keys import FileKeyStore, KeyError_, hash_key, parse_scopes
+from gateway.keys import ApiKey, FileKeyStore, KeyError_, hash_key, parse_scopes
 
 
 def test_keys_are_stored_only_as_hashes(tmp_path: Path) -> None:
@@ -43,7 +43,21 @@ def test_revoke_takes_effect(tmp_path: Path) -> None:
     assert asyncio.run(store.remove("gone")) is False
 
 
-@pytest.mark.parametrize("raw", ["", "admin", "tabular,root", " , "])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "root",
+        "tabular,root",
+        " , ",
+        "model:",
+        "model:a b",
+        "model:..",
+        "model:a/b",
+        "model:" + "x" * 65,
+        "Admin",
+    ],
+)
 def test_bad_scopes_are_refused(raw: str) -> None:
     with pytest.raises(KeyError_):
         parse_scopes(raw)
@@ -51,6 +65,21 @@ def test_bad_scopes_are_refused(raw: str) -> None:
 
 def test_scope_parsing() -> None:
     assert parse_scopes("nlp, tabular,nlp") == ("nlp", "tabular")
+    assert parse_scopes("model:iris,model:fraud-v2.1,admin") == ("admin", "model:fraud-v2.1", "model:iris")
+
+
+def test_what_each_scope_allows() -> None:
+    def key(*scopes: str) -> ApiKey:
+        return ApiKey("k", scopes, "h", "t")
+
+    assert key("*").allows("admin") and key("*").allows_model("iris", "tabular")
+    assert key("model:iris").allows_model("iris", "tabular")
+    assert not key("model:iris").allows_model("fraud", "tabular")
+    assert not key("model:iris").allows("tabular")  # one model is not its whole service
+    assert key("tabular").allows_model("fraud", "tabular") and not key("tabular").allows_model(
+        "sentiment", "nlp"
+    )
+    assert not key("admin").allows_model("iris", "tabular") and not key("tabular").allows("admin")
 
 
 def test_cli_create_list_revoke(tmp_path: Path) -> None:
@@ -71,5 +100,10 @@ def test_cli_create_list_revoke(tmp_path: Path) -> None:
     assert "ci\tsabular" not in listed.stdout and listed.stdout.startswith("ci\ttabular,vision")
     assert key not in listed.stdout
     assert cli("create", "--name", "ci").returncode == 2
+    scoped = cli("create", "--name", "ops", "--scopes", "admin,model:iris")
+    assert scoped.returncode == 0, scoped.stderr
+    assert "ops\tadmin,model:iris" in cli("list").stdout
+    refused = cli("create", "--name", "bad", "--scopes", "model:no such")
+    assert refused.returncode == 2 and "model:<name>" in refused.stderr
     assert cli("revoke", "--name", "ci").returncode == 0
     assert cli("revoke", "--name", "ci").returncode == 1

@@ -33,6 +33,13 @@ def test_gcra_allows_burst_then_refuses_then_refills() -> None:
     assert refilled.allowed
 
 
+def test_remaining_survives_float_rounding() -> None:
+    # (now + T) - now is a hair above T at this clock value; the bucket still has burst - 1 tokens left.
+    now = 4294880999.7380233
+    decision, _ = _decide(Limit(rate=0.001, burst=3), now, None)
+    assert decision.allowed and decision.remaining == 2
+
+
 def test_memory_limiter_keeps_keys_apart() -> None:
     async def scenario() -> list[bool]:
         limiter = MemoryRateLimiter()

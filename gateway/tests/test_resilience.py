@@ -98,3 +98,32 @@ def test_resolver_spreads_over_replicas(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_literal_hosts_are_not_resolved() -> None:
     assert asyncio.run(ReplicaResolver("127.0.0.1", 8001).pick()) == "127.0.0.1"
+
+
+def test_open_circuit_is_not_asked_for_its_index_but_keeps_its_models(
+    client: TestClient, all_key: str, services: Any
+) -> None:
+    directory = client.app.state.gateway.directory  # type: ignore[attr-defined]
+    now = [100.0]
+    directory.clock = lambda: now[0]
+
+    def slow_tabular(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "tabular" and request.url.path.endswith("/infer"):
+            raise httpx.ReadTimeout("slow")
+        return services.default(request)
+
+    services.handler = slow_tabular
+    headers = {"X-API-Key": all_key}
+    infer = {"inputs": [{"name": "input", "shape": [1], "datatype": "FP64", "data": [1.0]}]}
+    for _ in range(5):
+        assert client.post("/v2/models/iris/infer", json=infer, headers=headers).status_code == 504
+
+    def tabular_index_reads() -> int:
+        return len([r for r in services.sent("/v2/repository/index") if r.url.host == "tabular"])
+
+    reads = tabular_index_reads()
+    now[0] += 3  # past the directory's TTL: the next request re-reads every index but tabular's
+    response = client.post("/v2/models/iris/infer", json=infer, headers=headers)
+    assert response.status_code == 503 and "circuit open" in response.json()["error"]
+    assert tabular_index_reads() == reads
+    assert client.get("/v2/models/sentiment", headers=headers).status_code == 200

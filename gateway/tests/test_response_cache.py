@@ -38,13 +38,22 @@ class Services:
         )
 
 
+def cached_app(tmp_path: Path, **settings: object) -> Iterator[tuple[TestClient, Services, str]]:
+    config = GatewaySettings(api_keys_file=tmp_path / "keys.json", response_cache_enabled=True, **settings)
+    key, _ = asyncio.run(FileKeyStore(config.api_keys_file).create("c", ("*",)))
+    services = Services()
+    with TestClient(create_app(config, transport=httpx.MockTransport(services))) as client:
+        yield client, services, key
+
+
 @pytest.fixture
 def cached(tmp_path: Path) -> Iterator[tuple[TestClient, Services, str]]:
-    settings = GatewaySettings(api_keys_file=tmp_path / "keys.json", response_cache_enabled=True)
-    key, _ = asyncio.run(FileKeyStore(settings.api_keys_file).create("c", ("*",)))
-    services = Services()
-    with TestClient(create_app(settings, transport=httpx.MockTransport(services))) as client:
-        yield client, services, key
+    yield from cached_app(tmp_path)
+
+
+@pytest.fixture
+def cached_vision(tmp_path: Path) -> Iterator[tuple[TestClient, Services, str]]:
+    yield from cached_app(tmp_path, response_cache_vision=True)
 
 
 def post(client: TestClient, key: str, body: bytes, path: str = "/v1/tabular/iris") -> httpx.Response:
@@ -85,11 +94,50 @@ def test_errors_are_not_cached(cached: tuple[TestClient, Services, str]) -> None
     assert services.predictions == 2
 
 
+def test_other_services_json_is_cached_too(cached: tuple[TestClient, Services, str]) -> None:
+    client, services, key = cached
+    first = post(client, key, b'{"text": "great", "lang": "en"}', "/v1/nlp/sentiment")
+    second = post(client, key, b'{"lang":"en","text":"great"}', "/v1/nlp/sentiment")
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+    # The route is part of the key: the same body elsewhere is another prediction.
+    assert (
+        post(client, key, b'{"text": "great", "lang": "en"}', "/v1/nlp/sentiment/batch").headers["x-cache"]
+        == "miss"
+    )
+    assert services.predictions == 2
+
+
+def test_a_body_that_is_not_json_is_not_cached(cached: tuple[TestClient, Services, str]) -> None:
+    client, services, key = cached
+    for _ in range(2):
+        response = post(client, key, b"sepal_length=5.1")
+        assert "x-cache" not in response.headers
+    assert services.predictions == 2
+
+
 def test_vision_not_cached_by_default(cached: tuple[TestClient, Services, str]) -> None:
-    client, _, key = cached
+    client, services, key = cached
     files = {"file": ("a.jpg", b"\xff\xd8\xff", "image/jpeg")}
-    response = client.post("/v1/vision/classify", files=files, headers={"X-API-Key": key})
-    assert "x-cache" not in response.headers
+    for _ in range(2):
+        response = client.post("/v1/vision/classify", files=files, headers={"X-API-Key": key})
+        assert "x-cache" not in response.headers
+    assert services.predictions == 2
+
+
+def test_vision_cached_when_asked_keyed_on_bytes_and_query(
+    cached_vision: tuple[TestClient, Services, str],
+) -> None:
+    client, services, key = cached_vision
+    upload = (
+        b"--b\r\ncontent-disposition: form-data; name=file; filename=a.jpg\r\n\r\n\xff\xd8\xff\r\n--b--\r\n"
+    )
+    headers = {"X-API-Key": key, "content-type": "multipart/form-data; boundary=b"}
+
+    def classify(query: str) -> str:
+        return client.post(f"/v1/vision/classify{query}", content=upload, headers=headers).headers["x-cache"]
+
+    assert [classify("?top_k=3"), classify("?top_k=3"), classify("?top_k=4")] == ["miss", "hit", "miss"]
+    assert services.predictions == 2
 
 
 def test_memory_cache_expires_and_is_bounded() -> None:

@@ -26,7 +26,7 @@ def nlp_router(repository: ModelRepository) -> APIRouter:
     router = APIRouter(prefix="/v1/nlp", tags=["nlp"], responses=ERRORS)  # type: ignore[arg-type]
 
     async def classify(texts: Sequence[str]) -> tuple[list[SentimentPrediction], ModelRef]:
-        served = repository.get("sentiment")
+        served = repository.require("sentiment")
         batch = np.array([t.encode("utf-8") for t in texts], dtype=object)
         out = await served.infer({"text": batch})
         predictions = [

@@ -1,4 +1,4 @@
-"""nlp-service API tests: the real app and the real model (artifacts/sentiment), in-process."""
+"""nlp-service API tests: the real app and the real model (models/sentiment), in-process."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from modelgate_core.testing import wait_until_ready
 from nlp_service.app import NlpSettings, create_app
 
 REPO = Path(__file__).resolve().parents[2]
-# The built models; ARTIFACTS_DIR (as the service reads it) points elsewhere.
-ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR") or REPO / "artifacts")
+# The built models; MODEL_REPOSITORY (as the services read it) points elsewhere.
+MODELS = Path(os.environ.get("MODEL_REPOSITORY") or REPO / "models")
 SINGLE = "/v1/nlp/sentiment"
 BATCH = "/v1/nlp/sentiment/batch"
 
@@ -34,9 +34,9 @@ NEGATIVE = [
 
 @contextmanager
 def started(settings: NlpSettings) -> Iterator[TestClient]:
-    """The app with its lifespan running and its model loaded (skips if the artifact is not built)."""
-    if not (settings.artifacts_dir / "sentiment" / "manifest.json").is_file():
-        pytest.skip("artifacts/sentiment is not built (run `make models`)")
+    """The app with its lifespan running and its model loaded (fails if `make models` has not built it)."""
+    if not (settings.model_repository / "sentiment" / "1" / "model-settings.json").is_file():
+        pytest.fail("models/sentiment is not built (run `make models`)")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         wait_until_ready(client)
         yield client
@@ -44,7 +44,7 @@ def started(settings: NlpSettings) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with started(NlpSettings(artifacts_dir=ARTIFACTS, torch_threads=1, log_json=False)) as client:
+    with started(NlpSettings(model_repository=MODELS, torch_threads=1, log_json=False)) as client:
         yield client
 
 
@@ -172,7 +172,7 @@ def test_malformed_json_is_refused(client: TestClient, body: bytes) -> None:
 
 def test_oversized_body_is_413(tmp_path: Path) -> None:
     """The limit applies while the body is read, before parsing (and before the model is asked)."""
-    settings = NlpSettings(artifacts_dir=tmp_path, max_json_bytes=2048, torch_threads=1)
+    settings = NlpSettings(model_repository=tmp_path, max_json_bytes=2048, torch_threads=1)
     with TestClient(create_app(settings), raise_server_exceptions=False) as small:
         error = assert_error(small.post(BATCH, json={"texts": ["x" * 1000] * 3}), 413, "payload_too_large")
         assert "2048" in error["message"]
@@ -181,21 +181,18 @@ def test_oversized_body_is_413(tmp_path: Path) -> None:
 def test_model_is_listed(client: TestClient) -> None:
     (model,) = client.get("/v1/models").json()["models"]
     assert model["name"] == "sentiment"
-    assert model["state"] == "ready"
+    assert model["state"] == "READY"
     assert model["domain"] == "nlp"
 
 
 # --- Readiness ---------------------------------------------------------------------------------------
 
 
-def test_not_ready_before_the_model_loads(tmp_path: Path) -> None:
-    settings = NlpSettings(artifacts_dir=tmp_path / "nothing-here", torch_threads=1)
+def test_routes_answer_503_without_their_model(tmp_path: Path) -> None:
+    """An empty repository is a ready service with nothing to serve: the sentiment routes say why."""
+    settings = NlpSettings(model_repository=tmp_path / "nothing-here", torch_threads=1)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        assert client.get("/health/live").status_code == 200
-        ready = client.get("/health/ready")
-        error = assert_error(ready, 503, "not_ready")
-        assert "sentiment" in error["message"]
-        assert error["details"][0]["component"] == "sentiment"
+        wait_until_ready(client)
         for path, payload in ((SINGLE, {"text": "Nice."}), (BATCH, {"texts": ["Nice."]})):
             error = assert_error(client.post(path, json=payload), 503, "service_unavailable")
             assert "sentiment" in error["message"]

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from modelgate_core.errors import BadRequest
-from modelgate_core.oip.types import NUMPY_DTYPES, Datatype, Parameters, TensorSpec
+from modelgate_core.oip.dtypes import NUMPY_DTYPES
+from modelgate_core.oip.types import Datatype, Parameters, TensorSpec
 from modelgate_core.onnx_session import create_session
 from modelgate_core.repository.runtime import ModelContext, ModelRuntime, Tensors
 

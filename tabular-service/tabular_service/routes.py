@@ -57,7 +57,7 @@ def tabular_router(repository: ModelRepository) -> APIRouter:
     router = APIRouter(prefix="/v1/tabular", tags=["tabular"], responses=ERRORS)  # type: ignore[arg-type]
 
     async def predict_iris(instances: Sequence[IrisFeatures]) -> tuple[list[IrisPrediction], ModelRef]:
-        served = repository.get("iris")
+        served = repository.require("iris")
         labels = [str(label) for label in _setting(served, "labels")]
         probabilities = await _probabilities(served, [f.to_row() for f in instances])
         ref = ModelRef(name="iris", version=served.artifact_version())
@@ -75,7 +75,7 @@ def tabular_router(repository: ModelRepository) -> APIRouter:
 
     @router.post("/fraud", summary="Score one card transaction for fraud")
     async def fraud(transaction: FraudTransaction) -> FraudResponse:
-        served = repository.get("fraud")
+        served = repository.require("fraud")
         features = list(_setting(served, "features"))
         if features != list(FraudTransaction.model_fields):
             # The model and the API schema must agree column for column, or predictions are garbage.

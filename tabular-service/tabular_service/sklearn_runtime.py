@@ -31,7 +31,8 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import ThreadpoolController
 
 from modelgate_core.errors import BadRequest
-from modelgate_core.oip.types import NUMPY_DTYPES, Datatype, Parameters, TensorSpec
+from modelgate_core.oip.dtypes import NUMPY_DTYPES
+from modelgate_core.oip.types import Datatype, Parameters, TensorSpec
 from modelgate_core.repository.runtime import ModelContext, ModelRuntime, Tensors
 
 MODEL_FILE = "model.joblib"

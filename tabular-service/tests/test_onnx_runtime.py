@@ -17,7 +17,8 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from modelgate_core.errors import BadRequest
-from modelgate_core.oip.types import NUMPY_DTYPES, TensorSpec
+from modelgate_core.oip.dtypes import NUMPY_DTYPES
+from modelgate_core.oip.types import TensorSpec
 from modelgate_core.repository.runtime import ModelContext
 from modelgate_core.repository.settings import read_settings
 from tabular_service.onnx_runtime import OnnxRuntime

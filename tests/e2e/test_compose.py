@@ -126,6 +126,43 @@ def test_models_catalog(client: httpx.Client) -> None:
     assert answer.json().get("unavailable", []) == []
 
 
+def test_a_model_dropped_into_the_mounted_repository_is_served(stack: ComposeStack) -> None:
+    """No rebuild, no restart: a folder copied into the host repository is served by the running
+    containers and reached through the gateway with tritonclient."""
+    import joblib
+    import numpy as np
+    import tritonclient.http as triton
+    from sklearn.datasets import load_wine
+    from sklearn.linear_model import LogisticRegression
+
+    features, target = load_wine(return_X_y=True)
+    model = LogisticRegression(max_iter=5000).fit(features, target)
+    staging = stack.repository / ".staging-wine"
+    staging.mkdir(mode=0o755)
+    joblib.dump(model, staging / "model.joblib")
+    (staging / "model-settings.json").write_text('{"runtime": "sklearn"}')
+    for path in staging.iterdir():
+        path.chmod(0o644)
+    (stack.repository / "wine").mkdir(mode=0o755)
+    staging.rename(stack.repository / "wine" / "1")
+
+    created = stack.run(
+        "exec", "-T", "gateway", "python", "-m", "gateway.keys", "create",
+        "--name", "e2e-admin", "--scopes", "admin,tabular",
+    )  # fmt: skip
+    key = next(t for t in created.stdout.split() if t.startswith("mg_"))
+    headers = {"X-API-Key": key}
+    with triton.InferenceServerClient(url=f"127.0.0.1:{stack.port}", network_timeout=60) as client:
+        client.load_model("wine", headers=headers)  # answers once every worker has it
+        rows = features[:5].astype(np.float64)
+        tensor = triton.InferInput("input", list(rows.shape), "FP64")
+        tensor.set_data_from_numpy(rows)
+        result = client.infer("wine", [tensor], headers=headers)
+        np.testing.assert_array_equal(result.as_numpy("predict"), model.predict(rows))
+        index = {(e["name"], e.get("version")): e["state"] for e in client.get_model_repository_index(headers=headers)}
+        assert index[("wine", "1")] == "READY" and index[("iris", "1")] == "READY"
+
+
 def test_a_key_is_required(stack: ComposeStack) -> None:
     answer = httpx.post(f"{stack.base_url}/v1/tabular/iris", json=SETOSA, timeout=10)
     assert_error_shape(answer, 401)

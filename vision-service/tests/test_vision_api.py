@@ -1,4 +1,4 @@
-"""vision-service API tests: the real app and the real model (artifacts/imagenet), in-process."""
+"""vision-service API tests: the real app and the real model (models/imagenet), in-process."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from vision_service.app import VisionSettings, create_app
 from vision_service.runners import decode_image
 
 REPO = Path(__file__).resolve().parents[2]
-# The built models; ARTIFACTS_DIR (as the service reads it) points elsewhere.
-ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR") or REPO / "artifacts")
+# The built models; MODEL_REPOSITORY (as the services read it) points elsewhere.
+MODELS = Path(os.environ.get("MODEL_REPOSITORY") or REPO / "models")
 COFFEE = REPO / "tests" / "assets" / "coffee.jpg"
 CLASSIFY = "/v1/vision/classify"
 ESPRESSO = 967
@@ -27,9 +27,9 @@ ESPRESSO = 967
 
 @contextmanager
 def started(settings: VisionSettings) -> Iterator[TestClient]:
-    """The app with its lifespan running and its model loaded (skips if the artifact is not built)."""
-    if not (settings.artifacts_dir / "imagenet" / "manifest.json").is_file():
-        pytest.skip("artifacts/imagenet is not built (run `make models`)")
+    """The app with its lifespan running and its model loaded (fails if `make models` has not built it)."""
+    if not (settings.model_repository / "imagenet" / "1" / "model-settings.json").is_file():
+        pytest.fail("models/imagenet is not built (run `make models`)")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         wait_until_ready(client)
         yield client
@@ -37,7 +37,7 @@ def started(settings: VisionSettings) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with started(VisionSettings(artifacts_dir=ARTIFACTS, torch_threads=1, log_json=False)) as client:
+    with started(VisionSettings(model_repository=MODELS, torch_threads=1, log_json=False)) as client:
         yield client
 
 
@@ -212,7 +212,7 @@ def test_bad_top_k_is_refused(client: TestClient, coffee: bytes, top_k: str) -> 
 def test_model_is_listed(client: TestClient) -> None:
     (model,) = client.get("/v1/models").json()["models"]
     assert model["name"] == "imagenet"
-    assert model["state"] == "ready"
+    assert model["state"] == "READY"
     assert model["domain"] == "vision"
 
 
@@ -220,7 +220,7 @@ def test_model_is_listed(client: TestClient) -> None:
 
 
 def test_oversized_upload_is_413(coffee: bytes) -> None:
-    settings = VisionSettings(artifacts_dir=ARTIFACTS, max_upload_bytes=16 * 1024, torch_threads=1)
+    settings = VisionSettings(model_repository=MODELS, max_upload_bytes=16 * 1024, torch_threads=1)
     with started(settings) as small:
         assert len(coffee) > 16 * 1024
         error = assert_error(classify(small, coffee), 413, "payload_too_large")
@@ -232,18 +232,16 @@ def test_oversized_upload_is_413(coffee: bytes) -> None:
 
 
 def test_pixel_limit_is_configurable(coffee: bytes) -> None:
-    settings = VisionSettings(artifacts_dir=ARTIFACTS, max_image_pixels=100_000, torch_threads=1)
+    settings = VisionSettings(model_repository=MODELS, max_image_pixels=100_000, torch_threads=1)
     with started(settings) as small:
         error = assert_error(classify(small, coffee), 413)  # 600 x 400 = 240,000 pixels
         assert "100,000" in error["message"]
 
 
-def test_not_ready_before_the_model_loads(tmp_path: Path, coffee: bytes) -> None:
-    settings = VisionSettings(artifacts_dir=tmp_path / "nothing-here", torch_threads=1)
+def test_the_route_answers_503_without_its_model(tmp_path: Path, coffee: bytes) -> None:
+    """An empty repository is a ready service with nothing to serve: the route says why."""
+    settings = VisionSettings(model_repository=tmp_path / "nothing-here", torch_threads=1)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        assert client.get("/health/live").status_code == 200
-        ready = client.get("/health/ready")
-        assert_error(ready, 503)
-        assert "imagenet" in ready.json()["error"]["message"]
+        wait_until_ready(client)
         error = assert_error(classify(client, coffee), 503, "service_unavailable")
         assert "imagenet" in error["message"]

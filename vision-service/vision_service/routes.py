@@ -47,7 +47,7 @@ def vision_router(repository: ModelRepository) -> APIRouter:
         # bytes themselves, off the event loop, in the runtime.
         data = await file.read()
         annotate(upload_bytes=len(data))
-        served = repository.get("imagenet")
+        served = repository.require("imagenet")
         out = await served.infer({"image": np.array([data], dtype=object)}, {"top_k": top_k})
         scores = [
             ClassScore(

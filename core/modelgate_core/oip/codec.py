@@ -23,7 +23,8 @@ import numpy as np
 import orjson
 
 from modelgate_core.errors import BadRequest, ModelGateError
-from modelgate_core.oip.types import ELEMENT_SIZES, NUMPY_DTYPES, TensorSpec
+from modelgate_core.oip.dtypes import ELEMENT_SIZES, NUMPY_DTYPES
+from modelgate_core.oip.types import TensorSpec
 
 __all__ = ["DecodedRequest", "RequestedOutput", "decode_infer_request", "encode_infer_response"]
 

@@ -23,7 +23,6 @@ from modelgate_core.oip.types import (
     TensorSpec,
 )
 from modelgate_core.repository.repository import ModelRepository
-from modelgate_core.repository.served import ServedVersion
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
@@ -124,9 +123,6 @@ class DataPlane:
 
     async def unload(self, name: str) -> None:
         await self.repository.unload(name)
-
-    def served(self, name: str) -> ServedVersion:
-        return self.repository.get(name)
 
 
 def _instances(body: bytes) -> list[Any]:

@@ -141,8 +141,13 @@ class ModelRepository:
             raise ServiceUnavailable(f"Model '{name}' version {chosen.version} is {chosen.state}{detail}")
         return chosen.served
 
-    def served_versions(self) -> list[ServedVersion]:
-        return [v.served for _, v in sorted(self.versions.items()) if v.served is not None]
+    def require(self, name: str) -> ServedVersion:
+        """`get(name)` for a route built on one named model: its absence is the service's problem
+        (503, the model is not there), not an unknown resource the caller asked for."""
+        try:
+            return self.get(name)
+        except NotFound:
+            raise ServiceUnavailable(f"Model '{name}' is not in the model repository") from None
 
     def versions_of(self, name: str) -> list[str]:
         return [v.version for v in sorted(self.versions.values(), key=_version_key) if v.name == name]

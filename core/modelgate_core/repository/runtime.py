@@ -6,7 +6,7 @@ as an undecodable image), `predict` (rows of several requests concatenated along
 batching merges them), `postprocess` (one request's rows -> its output tensors). Everything but
 `load` runs in worker threads, never on the event loop.
 
-Tensors are numpy arrays (`modelgate_core.oip.types.NUMPY_DTYPES`); BYTES tensors are object arrays
+Tensors are numpy arrays (`modelgate_core.oip.dtypes.NUMPY_DTYPES`); BYTES tensors are object arrays
 of `bytes`. The framework checks names, datatypes and shapes against `inputs` before `preprocess`,
 and selects the requested `outputs` after `postprocess`.
 """

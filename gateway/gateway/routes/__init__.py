@@ -1,1 +1,1 @@
-"""One router per resource, mounted under the version prefix."""
+"""One router per resource, each under its own prefix (`/v2/models`, `/v2/repository`, `/v1/models`, ...)."""

@@ -1,19 +1,21 @@
-"""`GET /v1/models`: every model behind the gateway, gathered from the services."""
+"""`/v1/models`: every model behind the gateway (gathered from the services), and KServe v1's
+`POST /v1/models/{name}:predict`, forwarded to the service holding the model."""
 
 from __future__ import annotations
 
 import asyncio
 
-import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
+from starlette.responses import Response
 
-from gateway.deps import AuthenticatedKey, GatewayState, State
-from gateway.upstream import Upstream
-from modelgate_core.errors import ModelGateError
-from modelgate_core.schemas.common import ModelInfo
+from gateway.catalog import fetch_models
+from gateway.deps import AuthenticatedKey, State
+from gateway.openapi_fragments import WRITE_ERRORS, PredictRequest, PredictResponse, answer, errors, json_body
+from gateway.routes.proxy import forward_to_model
+from modelgate_core.schemas.common import ErrorResponse, ModelInfo
 
-router = APIRouter(tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 class ModelCatalog(BaseModel):
@@ -21,25 +23,11 @@ class ModelCatalog(BaseModel):
     unavailable: list[str] = Field(default_factory=list, description="Services that did not answer")
 
 
-async def fetch_models(
-    state: GatewayState, upstream: Upstream, *, probe: bool = False
-) -> list[ModelInfo] | None:
-    """The service's own catalogue, or None when it does not answer properly."""
-    try:
-        answer = await state.client.request(
-            upstream, "GET", "/v1/models", timeout=state.settings.readiness_timeout, probe=probe
-        )
-    except ModelGateError:
-        return None
-    if answer.status_code != 200:
-        return None
-    try:
-        return [ModelInfo.model_validate(m) for m in orjson.loads(answer.content)["models"]]
-    except (KeyError, TypeError, ValueError):  # a malformed catalogue counts as no answer
-        return None
-
-
-@router.get("/models", summary="List every model with its version, domain and metrics")
+@router.get(
+    "",
+    summary="List every model with its version, domain and metrics",
+    responses=errors(401, 429, shape=ErrorResponse),
+)
 async def list_models(_key: AuthenticatedKey, state: State) -> ModelCatalog:
     upstreams = list(state.upstreams.values())
     answers = await asyncio.gather(*(fetch_models(state, u) for u in upstreams))
@@ -50,3 +38,17 @@ async def list_models(_key: AuthenticatedKey, state: State) -> ModelCatalog:
         else:
             catalog.models.extend(models)
     return catalog
+
+
+# A literal `:predict` after the parameter: Starlette matches `{name}` as `[^/]+`, backtracking to leave
+# `:predict`, so `/v1/models/iris:predict` is this route with name "iris".
+@router.post(
+    "/{name}:predict",
+    summary="KServe v1 predict: rows in, predictions out",
+    response_model=None,
+    responses={**answer(PredictResponse), **errors(*WRITE_ERRORS, shape=ErrorResponse)},
+    openapi_extra=json_body(PredictRequest),
+)
+async def predict(name: str, key: AuthenticatedKey, state: State, request: Request) -> Response:
+    path = f"/v1/models/{name}:predict"
+    return await forward_to_model(state, request, key, name=name, version=None, path=path)

@@ -1,0 +1,40 @@
+"""The gateway's own OIP server endpoints: `GET /v2`, `/v2/health/live`, `/v2/health/ready` (no key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.deps import State
+from gateway.openapi_fragments import ServerLive, ServerReady, answer, errors
+from gateway.readiness import check_readiness, not_ready
+from modelgate_core.errors import ServiceUnavailable
+from modelgate_core.oip.types import ServerMetadata
+
+router = APIRouter(prefix="/v2", tags=["server"])
+
+# What this gateway speaks besides the core protocol: binary tensors are passed through to the services,
+# and the repository extension is the merged view of every service's repository.
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+
+
+@router.get("", summary="Server metadata", response_model=None, responses=answer(ServerMetadata))
+async def server_metadata(request: Request) -> ServerMetadata:
+    return ServerMetadata(name="modelgate", version=request.app.version, extensions=EXTENSIONS)
+
+
+@router.get("/health/live", summary="Server liveness", response_model=None, responses=answer(ServerLive))
+async def server_live() -> ServerLive:
+    return ServerLive(live=True)
+
+
+@router.get(
+    "/health/ready",
+    summary="Server readiness: every service, and Redis when configured",
+    responses={**answer(ServerReady), **errors(503)},
+)
+async def server_ready(state: State) -> Response:
+    missing = not_ready(await check_readiness(state))
+    if missing:
+        raise ServiceUnavailable(f"Not ready: {', '.join(missing)}")
+    return Response(b'{"ready":true}', media_type="application/json")
