@@ -107,8 +107,9 @@ _ERROR_REASONS = {
 # The errors a call that takes no body can answer, and one that does.
 READ_ERRORS = (401, 403, 404, 409, 422, 429, 502, 503, 504)
 WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504)
-# What the gateway itself adds to any forwarded call (merged into every service operation).
-GATEWAY_ERRORS = (401, 403, 413, 429, 502, 503, 504)
+# What any forwarded call can answer besides its own (merged into every service operation): the
+# gateway's errors, and 400 for a body that is not even text (the service's parser refuses it).
+GATEWAY_ERRORS = (400, 401, 403, 413, 429, 502, 503, 504)
 
 
 def ref(model: type[BaseModel]) -> dict[str, str]:

@@ -153,13 +153,13 @@ def test_a_model_dropped_into_the_mounted_repository_is_served(stack: ComposeSta
     key = next(t for t in created.stdout.split() if t.startswith("mg_"))
     headers = {"X-API-Key": key}
     with triton.InferenceServerClient(url=f"127.0.0.1:{stack.port}", network_timeout=60) as client:
-        client.load_model("wine", headers=headers)  # answers once every worker has it
+        client.load_model("wine", headers=dict(headers))  # answers once every worker has it
         rows = features[:5].astype(np.float64)
         tensor = triton.InferInput("input", list(rows.shape), "FP64")
         tensor.set_data_from_numpy(rows)
-        result = client.infer("wine", [tensor], headers=headers)
+        result = client.infer("wine", [tensor], headers=dict(headers))
         np.testing.assert_array_equal(result.as_numpy("predict"), model.predict(rows))
-        index = {(e["name"], e.get("version")): e["state"] for e in client.get_model_repository_index(headers=headers)}
+        index = {(e["name"], e.get("version")): e["state"] for e in client.get_model_repository_index(headers=dict(headers))}
         assert index[("wine", "1")] == "READY" and index[("iris", "1")] == "READY"
 
 

@@ -1,4 +1,5 @@
-"""Fuzz the gateway's OpenAPI with Schemathesis against the real stack: no 5xx, responses as documented."""
+"""Fuzz the gateway's OpenAPI (/v1 and the Open Inference Protocol's /v2) with Schemathesis against the
+real stack: no 5xx, responses as documented."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ MAX_SECONDS = int(os.environ.get("FUZZ_MAX_SECONDS", "90"))
 
 
 def test_schemathesis_finds_nothing(stack: LocalStack, tmp_path: Path) -> None:
-    # A key with a limit the fuzzer cannot reach, so 429s do not hide what it would find.
+    # A key with a limit the fuzzer cannot reach, so 429s do not hide what it would find. Not `admin`:
+    # the stateful phase learns real model names from the index and would unload them under the
+    # other tests; the repository extension is fuzzed for its 401/403 answers only.
     result = subprocess.run(
         [
             sys.executable,
@@ -29,6 +32,8 @@ def test_schemathesis_finds_nothing(stack: LocalStack, tmp_path: Path) -> None:
             "create",
             "--name",
             "fuzzer",
+            "--scopes",
+            "tabular,vision,nlp",
             "--rate",
             "100000",
             "--burst",
@@ -68,5 +73,6 @@ def test_schemathesis_finds_nothing(stack: LocalStack, tmp_path: Path) -> None:
     summary = report[report.rfind("SUMMARY") :] if "SUMMARY" in report else report[-3000:]
     assert run.returncode == 0, report[-8000:]
     tested = re.search(r"Tested: (\d+)", summary)
-    assert tested and int(tested.group(1)) >= 9, summary
+    # Every operation: the /v1 routes of the three services, the model routes, the OIP ones.
+    assert tested and int(tested.group(1)) >= 20, summary
     assert key not in report  # schemathesis filters it; our responses never echo it

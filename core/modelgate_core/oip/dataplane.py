@@ -115,8 +115,8 @@ class DataPlane:
             predictions = [{n: column[i] for n, column in columns.items()} for i in range(len(instances))]
         return {"predictions": predictions, "model_name": name, "model_version": served.version}
 
-    def index(self, ready_only: bool) -> list[RepositoryEntry]:
-        return self.repository.index(ready_only)
+    async def index(self, ready_only: bool) -> list[RepositoryEntry]:
+        return await self.repository.index_now(ready_only)
 
     async def load(self, name: str) -> list[RepositoryEntry]:
         return await self.repository.load(name)

@@ -163,7 +163,7 @@ def oip_router(plane: DataPlane) -> APIRouter:
         ready_only = options.get("ready", False)
         if not isinstance(ready_only, bool):
             raise BadRequest('"ready" must be true or false')
-        return _json([_model_dump(e) for e in plane.index(ready_only)])
+        return _json([_model_dump(e) for e in await plane.index(ready_only)])
 
     @router.post("/v2/repository/models/{name}/load", summary="Load a model (answers when it is ready)")
     async def repository_load(name: str, request: Request) -> Response:

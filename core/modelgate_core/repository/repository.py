@@ -153,15 +153,35 @@ class ModelRepository:
         return [v.version for v in sorted(self.versions.values(), key=_version_key) if v.name == name]
 
     def index(self, ready_only: bool = False) -> list[RepositoryEntry]:
+        """What this worker holds: every version it tracks and the broken folders it reports."""
+        return self._entries(self.broken, {}, ready_only)
+
+    async def index_now(self, ready_only: bool = False) -> list[RepositoryEntry]:
+        """`index`, plus the folders on disk this worker has not picked up yet ("not loaded yet"):
+        the repository extension lists what the repository holds, as Triton does, so a `load` can
+        name a folder copied in a moment ago."""
+        scan = await anyio.to_thread.run_sync(self._scan)
+        pending = {key: found for key, found in scan.mine.items() if key not in self.versions}
+        return self._entries(scan.broken, pending, ready_only)
+
+    def _entries(
+        self, broken: dict[tuple[str, str], _Found], pending: dict[tuple[str, str], _Found], ready_only: bool
+    ) -> list[RepositoryEntry]:
         entries = [
             RepositoryEntry(name=v.name, version=v.version, state=v.state, reason=v.reason)
-            for _, v in sorted(self.versions.items(), key=lambda item: (item[0][0], _version_key(item[1])))
+            for v in self.versions.values()
         ]
         entries += [
-            RepositoryEntry(name=f.name, version=f.version or None, state="UNAVAILABLE", reason=f.error)
-            for key, f in sorted(self.broken.items())
+            RepositoryEntry(name=f.name, version=f.version, state="UNAVAILABLE", reason=f.error)
+            for key, f in broken.items()
             if key not in self.versions
         ]
+        entries += [
+            RepositoryEntry(name=f.name, version=f.version, state="UNAVAILABLE", reason="not loaded yet")
+            for key, f in pending.items()
+            if key not in broken
+        ]
+        entries.sort(key=lambda e: (e.name, int(e.version or 0)))
         return [e for e in entries if e.state == "READY"] if ready_only else entries
 
     # ---- keeping in step -------------------------------------------------------------------------
