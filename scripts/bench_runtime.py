@@ -3,9 +3,10 @@
     python scripts/bench_runtime.py                                   # ~7 minutes
     python scripts/bench_runtime.py --services nlp --rounds 2 --skip-latency   # ~1 minute
 
-(a) Model call latency, in this process: each model's runner, torch and ONNX, with a batch of 1 and of
-    32 prepared inputs, the runtimes interleaved call by call; then ONNX's cost per input against the
-    batch size (1 to 32), which bounds what batching can save inside the model.
+(a) Model call latency, in this process: each built-in model's runtime (`models/<name>/1`, or under
+    MODEL_REPOSITORY) on both backends, torch and ONNX, with a batch of 1 and of 32 prepared inputs,
+    the backends interleaved call by call; then ONNX's cost per input against the batch size (1 to
+    32), which bounds what batching can save inside the model.
 (b) Batching under load: per service, one Gunicorn process (one worker, the service's defaults) per
     mode: BATCHING=false, =true, =true with BATCH_MAX_WAIT_MS=5, and =false/=true with RUNTIME=torch
     (the runtime choice under load, and batching's gain on torch). Load windows of 32 concurrent
@@ -43,8 +44,12 @@ for _path in ("core", "vision-service", "nlp-service", "scripts"):
     if str(REPO / _path) not in sys.path:
         sys.path.insert(0, str(REPO / _path))
 
+import numpy as np  # noqa: E402
+
 from devstack import LocalStack, free_port  # noqa: E402
 from modelgate_core.artifacts import read_manifest  # noqa: E402
+from modelgate_core.repository.runtime import ModelContext, ModelRuntime, Tensors  # noqa: E402
+from modelgate_core.repository.settings import read_settings  # noqa: E402
 
 ASSETS = REPO / "tests" / "assets"
 RESULTS = REPO / "results"
@@ -62,8 +67,9 @@ TEXTS = (
 )
 
 
-def artifacts_dir() -> Path:
-    return Path(os.environ.get("ARTIFACTS_DIR") or REPO / "artifacts")
+def repository_dir() -> Path:
+    """The model repository the benchmark loads and serves, as the services find it."""
+    return Path(os.environ.get("MODEL_REPOSITORY") or REPO / "models")
 
 
 def default_threads() -> int:
@@ -86,42 +92,51 @@ class Latency:
         return statistics.median(self.times) * 1000
 
 
-def runners(threads: int) -> dict[str, dict[str, tuple[Any, list[Any]]]]:
-    """model -> runtime -> (loaded runner, 32 prepared inputs)."""
-    from nlp_service.onnx_runner import OnnxSentimentRunner
-    from nlp_service.runners import SentimentRunner
-    from vision_service.onnx_runner import OnnxImageNetRunner
-    from vision_service.runners import ImageNetRunner
+# model -> runtime ("torch" or "onnx") -> (the loaded runtime, 32 prepared inputs as one tensor dict)
+Loaded = dict[str, dict[str, tuple[ModelRuntime, Tensors]]]
 
-    loaded: dict[str, dict[str, tuple[Any, list[Any]]]] = {"imagenet": {}, "sentiment": {}}
+
+def context_of(name: str) -> ModelContext:
+    folder = repository_dir() / name / "1"
+    return ModelContext(name, "1", folder, read_settings(folder), read_manifest(folder))
+
+
+def load_runtimes(threads: int) -> Loaded:
+    """Both built-in neural models on both backends, each with 32 inputs through its `preprocess`."""
+    from nlp_service.text_runtime import TextClassificationRuntime
+    from vision_service.image_runtime import ImageClassificationRuntime
+
     coffee = (ASSETS / "coffee.jpg").read_bytes()
-    for runtime, vision_class, nlp_class in (
-        ("torch", ImageNetRunner, SentimentRunner),
-        ("onnx", OnnxImageNetRunner, OnnxSentimentRunner),
-    ):
-        suffix = "-onnx" if runtime == "onnx" else ""
-        vision = vision_class(max_pixels=10**8, torch_threads=threads)
-        vision.load(
-            artifacts_dir() / f"imagenet{suffix}", read_manifest(artifacts_dir() / f"imagenet{suffix}")
-        )
-        loaded["imagenet"][runtime] = (vision, [vision.preprocess(coffee)] * 32)
-        nlp = nlp_class(torch_threads=threads)
-        nlp.load(
-            artifacts_dir() / f"sentiment{suffix}", read_manifest(artifacts_dir() / f"sentiment{suffix}")
-        )
-        loaded["sentiment"][runtime] = (nlp, [TEXTS[i % len(TEXTS)] for i in range(32)])
+    uploads: dict[str, Tensors] = {
+        "imagenet": {"image": np.array([coffee] * 32, dtype=object)},
+        "sentiment": {"text": np.array([TEXTS[i % len(TEXTS)].encode() for i in range(32)], dtype=object)},
+    }
+    loaded: Loaded = {"imagenet": {}, "sentiment": {}}
+    for backend in ("torch", "onnx"):
+        runtimes: dict[str, ModelRuntime] = {
+            "imagenet": ImageClassificationRuntime(
+                context_of("imagenet"), backend=backend, threads=threads, max_pixels=10**8
+            ),
+            "sentiment": TextClassificationRuntime(context_of("sentiment"), backend=backend, threads=threads),
+        }
+        for model, runtime in runtimes.items():
+            runtime.load()
+            answered = runtime.describe().get("backend")
+            if answered != backend:
+                # A folder without the ONNX graph falls back to torch: the comparison would be void.
+                raise SystemExit(f"{model}: asked for the {backend} backend, {answered} loaded")
+            loaded[model][backend] = (runtime, runtime.preprocess(uploads[model], {}))
     return loaded
 
 
-def window(inputs: list[Any], batch: int, rep: int) -> list[Any]:
+def window(inputs: Tensors, batch: int, rep: int) -> Tensors:
     """`batch` inputs starting at a different one each repetition (the texts differ in length)."""
-    start = rep % len(inputs)
-    return (inputs[start:] + inputs[:start])[:batch]
+    rows = len(next(iter(inputs.values())))
+    chosen = (np.arange(batch) + rep) % rows
+    return {name: array[chosen] for name, array in inputs.items()}
 
 
-def measure_latency(
-    loaded: dict[str, dict[str, tuple[Any, list[Any]]]], runtimes: Sequence[str], reps: dict[int, int]
-) -> list[Latency]:
+def measure_latency(loaded: Loaded, runtimes: Sequence[str], reps: dict[int, int]) -> list[Latency]:
     """Median time of one predict call per model, runtime and batch size, runtimes interleaved."""
     results: list[Latency] = []
     for model, by_runtime in loaded.items():
@@ -132,10 +147,10 @@ def measure_latency(
                     by_runtime[rt][0].predict(window(by_runtime[rt][1], batch, rep))
             for rep in range(count):
                 for rt in runtimes if rep % 2 == 0 else list(reversed(runtimes)):
-                    runner, inputs = by_runtime[rt]
+                    runtime, inputs = by_runtime[rt]
                     chosen = window(inputs, batch, rep)
                     started = time.perf_counter()
-                    runner.predict(chosen)
+                    runtime.predict(chosen)
                     cells[rt].times.append(time.perf_counter() - started)
             results.extend(cells.values())
             line = ", ".join(f"{c.runtime} {c.median_ms:.1f} ms" for c in cells.values())
@@ -307,7 +322,7 @@ def measure_load(
                     run_dir = Path(tmp) / f"{service}-{mode}"
                     run_dir.mkdir()
                     ports = {name: free_port() for name in ("tabular", "vision", "nlp", "gateway")}
-                    stacks[mode] = LocalStack(ports, run_dir, artifacts_dir=artifacts_dir(), extra_env=env)
+                    stacks[mode] = LocalStack(ports, run_dir, repository=repository_dir(), extra_env=env)
                     stacks[mode].start(service)
                 for stack in stacks.values():
                     stack.wait_ready(service)
@@ -477,14 +492,14 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         print(f"(a) model latency, {args.threads} threads ...", flush=True)
-        loaded = runners(args.threads)
+        loaded = load_runtimes(args.threads)
         latency = measure_latency(loaded, ("torch", "onnx"), {1: 40, 32: 8})
         print("    onnx, per-input cost against batch size ...", flush=True)
         sweep = measure_latency(loaded, ("onnx",), {1: 40, 2: 30, 4: 20, 8: 12, 16: 8, 32: 8})
         sections.append(
             f"## (a) Model call latency, torch vs ONNX Runtime ({args.threads} intra-op threads)\n\n"
-            "Median of interleaved `runner.predict` calls (NLP includes tokenisation; vision starts from "
-            "the preprocessed tensor).\n\n" + latency_table(latency) + "\n\n"
+            "Median of interleaved `runtime.predict` calls (NLP includes tokenisation; vision starts "
+            "from the preprocessed tensor).\n\n" + latency_table(latency) + "\n\n"
             "ONNX, ms per input against batch size: the most batching can save inside the model call.\n\n"
             + sweep_table(sweep)
             + "\n"

@@ -46,6 +46,7 @@ for _path in (REPO / "core", REPO / "vision-service"):
         sys.path.insert(0, str(_path))
 
 from model_repository import publish_builtin, repository_root  # noqa: E402  (scripts/ is on sys.path)
+
 from modelgate_core.artifacts import (  # noqa: E402  (needs the sys.path above)
     ArtifactError,
     Manifest,

@@ -163,15 +163,19 @@ def model_catalogue(repository: ModelRepository, service: str) -> list[dict[str,
         if entry.state == "READY":
             served = repository.get(entry.name, entry.version)
             manifest = served.runtime.context.manifest
-            info.update(version=served.artifact_version(), framework=served.runtime.platform)
+            version = served.artifact_version()
+            info.update(version=version, framework=served.runtime.platform)
             if manifest is not None:
                 info.update(
                     domain=manifest.domain,
-                    framework=manifest.framework,
                     created=manifest.created,
                     data_source=manifest.data_source,
                     metrics=manifest.metrics,
                 )
+                # The manifest describes its own artifact; a folder answering from another one (torch
+                # beside an ONNX export) is described by the runtime that loaded it.
+                if version == manifest.version:
+                    info["framework"] = manifest.framework
         catalogue.append(info)
     return catalogue
 

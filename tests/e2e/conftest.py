@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack import compose_command, compose_env, copy_repository, free_port
+from devstack import compose_command, compose_env, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRE = os.environ.get("MODELGATE_REQUIRE_E2E") == "1"
@@ -179,7 +179,7 @@ def stack() -> Iterator[ComposeStack]:
         yield stack
     finally:
         stack.down()
-        shutil.rmtree(repository, ignore_errors=True)
+        shutil.rmtree(stack.repository, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -159,7 +159,10 @@ def test_a_model_dropped_into_the_mounted_repository_is_served(stack: ComposeSta
         tensor.set_data_from_numpy(rows)
         result = client.infer("wine", [tensor], headers=dict(headers))
         np.testing.assert_array_equal(result.as_numpy("predict"), model.predict(rows))
-        index = {(e["name"], e.get("version")): e["state"] for e in client.get_model_repository_index(headers=dict(headers))}
+        index = {
+            (e["name"], e.get("version")): e["state"]
+            for e in client.get_model_repository_index(headers=dict(headers))
+        }
         assert index[("wine", "1")] == "READY" and index[("iris", "1")] == "READY"
 
 

@@ -22,7 +22,11 @@ def http(stack: LocalStack, api_key: str) -> Iterator[httpx.Client]:
 
 
 def tensor(**overrides: object) -> dict[str, object]:
-    return {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]} | overrides]}
+    return {
+        "inputs": [
+            {"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]} | overrides
+        ]
+    }
 
 
 def assert_oip_error(response: httpx.Response, status: int, fragment: str) -> None:
@@ -45,8 +49,17 @@ def assert_oip_error(response: httpx.Response, status: int, fragment: str) -> No
         ({"inputs": [{"name": "input"}]}, "input"),
         ({**tensor(), "outputs": [{"name": "logits"}]}, "logits"),
     ],
-    ids=["shape", "datatype", "element-count", "strings", "unknown-input", "huge-shape", "no-inputs",
-         "no-fields", "unknown-output"],
+    ids=[
+        "shape",
+        "datatype",
+        "element-count",
+        "strings",
+        "unknown-input",
+        "huge-shape",
+        "no-inputs",
+        "no-fields",
+        "unknown-output",
+    ],
 )
 def test_bad_tensors_are_400(http: httpx.Client, body: dict[str, object], fragment: str) -> None:
     assert_oip_error(http.post(IRIS, json=body), 400, fragment)
@@ -58,15 +71,21 @@ def test_malformed_json_is_400_not_422(http: httpx.Client) -> None:
 
 
 def test_binary_header_lengths_that_lie_are_400(http: httpx.Client) -> None:
-    header = b'{"inputs":[{"name":"input","datatype":"FP64","shape":[1,4],"parameters":{"binary_data_size":32}}]}'
+    header = (
+        b'{"inputs":[{"name":"input","datatype":"FP64","shape":[1,4],"parameters":{"binary_data_size":32}}]}'
+    )
     body = header + struct.pack("<4d", 5.1, 3.5, 1.4, 0.2)
     octets = {"content-type": "application/octet-stream"}
-    ok = http.post(IRIS, content=body, headers={**octets, "inference-header-content-length": str(len(header))})
+    ok = http.post(
+        IRIS, content=body, headers={**octets, "inference-header-content-length": str(len(header))}
+    )
     assert ok.status_code == 200, ok.text
     for bad in (str(len(body) + 10), "-1", "ten", str(10**15)):
         response = http.post(IRIS, content=body, headers={**octets, "inference-header-content-length": bad})
         assert_oip_error(response, 400, "Inference-Header-Content-Length")
-    short = http.post(IRIS, content=body[:-8], headers={**octets, "inference-header-content-length": str(len(header))})
+    short = http.post(
+        IRIS, content=body[:-8], headers={**octets, "inference-header-content-length": str(len(header))}
+    )
     assert_oip_error(short, 400, "bytes")
 
 

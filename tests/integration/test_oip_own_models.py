@@ -140,6 +140,9 @@ def test_own_sklearn_and_onnx_models_through_the_gateway(
     assert not client.is_model_ready("wine-lr", headers=dict(keys["tabular"]))
     states = {e["name"]: e["state"] for e in client.get_model_repository_index(headers=dict(keys["admin"]))}
     assert states["wine-lr"] == "UNAVAILABLE" and "wine-forest" not in states
+    # Leave the repository as the other tests know it.
+    shutil.rmtree(repository / "wine-lr")
+    wait_for_status(stack, keys["tabular"], "/v2/models/wine-lr", 404, timeout=30)
 
 
 def test_a_broken_folder_is_unavailable_with_its_reason(
@@ -151,8 +154,11 @@ def test_a_broken_folder_is_unavailable_with_its_reason(
     with pytest.raises(InferenceServerException) as failed:
         client.load_model("broken", headers=dict(keys["admin"]))
     assert failed.value.status() == "400" and "model.joblib" in failed.value.message()
-    entry = next(e for e in client.get_model_repository_index(headers=dict(keys["admin"])) if e["name"] == "broken")
+    entry = next(
+        e for e in client.get_model_repository_index(headers=dict(keys["admin"])) if e["name"] == "broken"
+    )
     assert entry["state"] == "UNAVAILABLE" and "model.joblib" in entry["reason"]
     # Everything else keeps serving.
     assert client.is_model_ready("iris", headers=dict(keys["tabular"]))
     shutil.rmtree(stack.repository / "broken")
+    wait_for_status(stack, keys["admin"], "/v2/models/broken", 404, timeout=30)

@@ -103,7 +103,9 @@ def test_fraud_infer_with_a_version_equals_the_local_model(
     tensor = triton.InferInput("input", list(rows.shape), "FP64")
     tensor.set_data_from_numpy(rows)
     result = client.infer("fraud", [tensor], model_version="1", headers=dict(headers))
-    np.testing.assert_allclose(result.as_numpy("predict_proba"), local_model(stack, "fraud").predict_proba(rows))
+    np.testing.assert_allclose(
+        result.as_numpy("predict_proba"), local_model(stack, "fraud").predict_proba(rows)
+    )
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
@@ -182,7 +184,9 @@ def test_errors_reach_the_client_with_their_status(
 
     status, message = status_of(lambda: client.get_model_metadata("no-such-model", headers=dict(headers)))
     assert status == "404" and "no-such-model" in message
-    status, message = status_of(lambda: client.get_model_metadata("iris", model_version="7", headers=dict(headers)))
+    status, message = status_of(
+        lambda: client.get_model_metadata("iris", model_version="7", headers=dict(headers))
+    )
     assert status == "404" and "version '7'" in message
     status, message = status_of(lambda: client.get_model_metadata("iris", headers={"X-API-Key": "mg_wrong"}))
     assert status == "401"

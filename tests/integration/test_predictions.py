@@ -115,4 +115,4 @@ def test_model_catalog(gateway: httpx.Client) -> None:
     assert {m["domain"] for m in models.values()} == {"tabular", "vision", "nlp"}
     assert models["sentiment"]["metrics"]["accuracy"] >= 0.88
     assert models["fraud"]["metrics"]["roc_auc"] > 0.5
-    assert all(m["version"] and m["state"] == "ready" for m in models.values())
+    assert all(m["version"] and m["state"] == "READY" for m in models.values())

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from modelgate_core.testing import wait_until_ready
 from vision_service.app import VisionSettings, create_app
-from vision_service.runners import decode_image
+from vision_service.decode import decode_image
 
 REPO = Path(__file__).resolve().parents[2]
 # The built models; MODEL_REPOSITORY (as the services read it) points elsewhere.

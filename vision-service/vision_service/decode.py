@@ -1,29 +1,18 @@
-"""ImageNet runner: EfficientNet-Lite0 (PyTorch) over uploaded JPEG, PNG or WebP images.
+"""Untrusted upload bytes -> an upright RGB image, or a clear 4xx error.
 
-Everything here runs in worker threads (see `ServedModel`), including decoding: untrusted bytes are
-identified by their content, never by the declared content type, and refused with a 4xx before they
-can cost much memory or time.
+Uploads are identified by their content, never by the declared content type, and refused (413, 415,
+422) before they can cost much memory or time: the pixel count is checked from the header alone,
+before anything is decoded.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import warnings
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from modelgate_core.artifacts import Manifest
 from modelgate_core.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
-from modelgate_core.model import ModelRunner
-from modelgate_core.schemas.vision import TOP_K_MAX, ClassScore
-from vision_service.network import load_efficientnet
-from vision_service.preprocess import preprocess_image
 
 # Pillow's names for the formats accepted; only their decoders ever see an upload.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
@@ -109,50 +98,3 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
         raise Unprocessable(
             f"The {img.format} image is damaged or truncated and could not be decoded: {exc}"
         ) from None
-
-
-class ImageNetRunner(ModelRunner[bytes, list[ClassScore]]):
-    """EfficientNet-Lite0 over the 1000 ImageNet classes; outputs the top classes, best first."""
-
-    def __init__(self, *, max_pixels: int, torch_threads: int) -> None:
-        self.max_pixels = max_pixels
-        self.torch_threads = torch_threads
-
-    def load(self, model_dir: Path, manifest: Manifest) -> None:
-        torch.set_num_threads(self.torch_threads)
-        # Pillow's own bomb check is process-wide and only a backstop for `decode_image`'s: never let
-        # it refuse what this runner's limit allows.
-        if Image.MAX_IMAGE_PIXELS is not None and self.max_pixels > Image.MAX_IMAGE_PIXELS:
-            Image.MAX_IMAGE_PIXELS = self.max_pixels
-        extra = manifest.extra
-        labels = json.loads((model_dir / str(extra["labels_file"])).read_text(encoding="utf-8"))
-        self.labels: list[str] = [str(label) for label in labels]
-        # The same preprocessing settings the build evaluated the model with.
-        self.crop = int(extra["input_size"])
-        self.resize = int(extra["resize"])
-        self.mean = float(extra["mean"])
-        self.std = float(extra["std"])
-        self.model: torch.nn.Module = load_efficientnet(model_dir / "weights.pt")
-        # One warm-up pass (also a shape check), so the first request does not pay for lazy set-up.
-        with torch.inference_mode():
-            out = self.model(torch.zeros(1, 3, self.crop, self.crop))
-        if out.shape[-1] != len(self.labels):
-            raise ValueError(
-                f"model outputs {out.shape[-1]} classes but {len(self.labels)} labels were given"
-            )
-
-    def preprocess(self, item: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
-        img = decode_image(item, self.max_pixels, draft_size=2 * self.resize)
-        return preprocess_image(img, resize=self.resize, crop=self.crop, mean=self.mean, std=self.std)
-
-    def predict(self, batch: Sequence[np.ndarray[Any, Any]]) -> Sequence[np.ndarray[Any, Any]]:
-        inputs = torch.stack([torch.from_numpy(np.ascontiguousarray(x)) for x in batch])
-        with torch.inference_mode():
-            probabilities = torch.softmax(self.model(inputs), dim=-1)
-        return list(probabilities.numpy())
-
-    def postprocess(self, raw: np.ndarray[Any, Any]) -> list[ClassScore]:
-        best = np.argsort(raw)[::-1][:TOP_K_MAX]
-        return [
-            ClassScore(label=self.labels[i], class_id=int(i), score=round(float(raw[i]), 6)) for i in best
-        ]
