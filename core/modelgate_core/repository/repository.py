@@ -313,11 +313,12 @@ class ModelRepository:
     async def load(self, name: str) -> list[RepositoryEntry]:
         """Load (or reload) every version of `name` in every worker; answer when done.
 
-        404 when the repository has no folder of this service for it; 400 when it failed, with why.
+        404 when the repository has no folder of this service for it (then every worker drops what
+        it still held of it); 400 when it failed, with why.
         """
         scan = await anyio.to_thread.run_sync(self._scan)
-        if not any(n == name for n, _ in scan.mine) and not any(n == name for n, _ in scan.broken):
-            raise NotFound(f"No model '{name}' in the repository")
+        exists = any(n == name for n, _ in scan.mine) or any(n == name for n, _ in scan.broken)
+        # Even for a folder that is gone, every worker looks now: a load means "match the folder".
         with self.control.locked() as state:
             state.generation += 1
             state.unloaded.discard(name)
@@ -328,6 +329,8 @@ class ModelRepository:
             self.versions[key].signature = None
         await self.reconcile(settle=False)
         await self._wait_for_workers(generation)
+        if not exists:
+            raise NotFound(f"No model '{name}' in the repository")
         entries = [e for e in self.index() if e.name == name]
         failed = [e for e in entries if e.state != "READY"]
         if failed or not entries:
