@@ -47,9 +47,7 @@ for _path in ("core", "vision-service", "nlp-service", "scripts"):
 import numpy as np  # noqa: E402
 
 from devstack import LocalStack, free_port  # noqa: E402
-from modelgate_core.artifacts import read_manifest  # noqa: E402
 from modelgate_core.repository.runtime import ModelContext, ModelRuntime, Tensors  # noqa: E402
-from modelgate_core.repository.settings import read_settings  # noqa: E402
 
 ASSETS = REPO / "tests" / "assets"
 RESULTS = REPO / "results"
@@ -98,7 +96,7 @@ Loaded = dict[str, dict[str, tuple[ModelRuntime, Tensors]]]
 
 def context_of(name: str) -> ModelContext:
     folder = repository_dir() / name / "1"
-    return ModelContext(name, "1", folder, read_settings(folder), read_manifest(folder))
+    return ModelContext.of_folder(name, "1", folder)
 
 
 def load_runtimes(threads: int) -> Loaded:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from modelgate_core.artifacts import read_manifest, verify_files
 from modelgate_core.errors import BadRequest
 from modelgate_core.repository.runtime import ModelContext
 from modelgate_core.repository.settings import SETTINGS_FILE, ModelSettings, read_settings
@@ -44,9 +43,7 @@ def folder() -> Path:
 
 
 def context_of(folder: Path, settings: ModelSettings | None = None) -> ModelContext:
-    manifest = read_manifest(folder)
-    verify_files(folder, manifest)
-    return ModelContext("sentiment", "1", folder, settings or read_settings(folder), manifest)
+    return ModelContext.of_folder("sentiment", "1", folder, settings)
 
 
 def loaded(folder: Path, backend: Any, settings: ModelSettings | None = None) -> Runtime:

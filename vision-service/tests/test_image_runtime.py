@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modelgate_core.artifacts import Manifest, read_manifest, verify_files
+from modelgate_core.artifacts import Manifest
 from modelgate_core.errors import BadRequest, ModelGateError, Unprocessable, UnsupportedMediaType
 from modelgate_core.repository.runtime import ModelContext
 from modelgate_core.repository.settings import SETTINGS_FILE, ModelSettings, read_settings
@@ -40,9 +40,7 @@ def folder() -> Path:
 
 
 def context_of(folder: Path, settings: ModelSettings | None = None) -> ModelContext:
-    manifest = read_manifest(folder)
-    verify_files(folder, manifest)
-    return ModelContext("imagenet", "1", folder, settings or read_settings(folder), manifest)
+    return ModelContext.of_folder("imagenet", "1", folder, settings)
 
 
 def loaded(folder: Path, backend: Any, settings: ModelSettings | None = None) -> Runtime:

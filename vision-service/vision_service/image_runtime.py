@@ -285,13 +285,7 @@ class ImageClassificationRuntime(ModelRuntime):
 
     def artifact_version(self) -> str | None:
         """The version of the artifact that answers: an ONNX export's own, or the torch weights' parent."""
-        manifest = self.context.manifest
-        if manifest is None:
-            return None
-        parent = manifest.extra.get("parent")
-        if self.backend == "torch" and isinstance(parent, dict) and parent.get("version"):
-            return str(parent["version"])
-        return manifest.version
+        return self.exported_or_parent_version(answers_from_parent=self.backend == "torch")
 
     def describe(self) -> Parameters:
         return {

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from modelgate_core.artifacts import MANIFEST_NAME, ArtifactError, Manifest, read_manifest, verify_files
+from modelgate_core.artifacts import ArtifactError
 from modelgate_core.batching import BatchPolicy
 from modelgate_core.errors import BadRequest, NotFound, ServiceUnavailable
 from modelgate_core.metrics import MODEL_READY
@@ -266,11 +266,7 @@ class ModelRepository:
 
     def _load_blocking(self, found: _Found) -> ServedVersion:
         assert found.settings is not None
-        manifest: Manifest | None = None
-        if (found.folder / MANIFEST_NAME).is_file():
-            manifest = read_manifest(found.folder)
-            verify_files(found.folder, manifest)
-        context = ModelContext(found.name, found.version, found.folder, found.settings, manifest)
+        context = ModelContext.of_folder(found.name, found.version, found.folder, found.settings)
         runtime = self.runtimes[found.settings.runtime](context)
         runtime.load()
         if not runtime.inputs or not runtime.outputs:

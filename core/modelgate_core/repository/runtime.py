@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from modelgate_core.artifacts import Manifest
+from modelgate_core.artifacts import MANIFEST_NAME, Manifest, read_manifest, verify_files
 from modelgate_core.oip.types import Parameters, TensorSpec
-from modelgate_core.repository.settings import ModelSettings
+from modelgate_core.repository.settings import ModelSettings, read_settings
 
 Tensors = Mapping[str, np.ndarray[Any, Any]]
 
@@ -45,6 +45,18 @@ class ModelContext:
     @property
     def parameters(self) -> Parameters:
         return self.settings.parameters
+
+    @classmethod
+    def of_folder(
+        cls, name: str, version: str, folder: Path, settings: ModelSettings | None = None
+    ) -> ModelContext:
+        """The context of a version folder as the repository makes it: its settings (or `settings`),
+        and its manifest when it has one, checked against the files' sha256."""
+        manifest = None
+        if (folder / MANIFEST_NAME).is_file():
+            manifest = read_manifest(folder)
+            verify_files(folder, manifest)
+        return cls(name, version, folder, settings or read_settings(folder), manifest)
 
 
 class ModelRuntime(ABC):
@@ -87,6 +99,22 @@ class ModelRuntime(ABC):
     def describe(self) -> Parameters:
         """Extra metadata parameters for `GET /v2/models/{name}` (e.g. labels, the backend in use)."""
         return {}
+
+    def artifact_version(self) -> str | None:
+        """The built artifact's version that answers (what a `/v1` answer names), if it has a manifest."""
+        manifest = self.context.manifest
+        return manifest.version if manifest is not None else None
+
+    def exported_or_parent_version(self, answers_from_parent: bool) -> str | None:
+        """For a folder holding an export (ONNX) beside what it was exported from (torch): the export's
+        manifest version, or with `answers_from_parent` the parent's, which its manifest records."""
+        manifest = self.context.manifest
+        if manifest is None:
+            return None
+        parent = manifest.extra.get("parent")
+        if answers_from_parent and isinstance(parent, dict) and parent.get("version"):
+            return str(parent["version"])
+        return manifest.version
 
 
 def declared_or(

@@ -73,14 +73,8 @@ class ServedVersion:
         return self.runtime.outputs
 
     def artifact_version(self) -> str:
-        """The version string a `/v1` answer names: the built artifact's when it has a manifest."""
-        version = getattr(self.runtime, "artifact_version", None)
-        if callable(version):
-            found = version()
-            if isinstance(found, str):
-                return found
-        manifest = self.runtime.context.manifest
-        return manifest.version if manifest is not None else self.version
+        """The version string a `/v1` answer names: the built artifact's, else the folder's."""
+        return self.runtime.artifact_version() or self.version
 
     @asynccontextmanager
     async def in_use(self) -> AsyncIterator[None]:
