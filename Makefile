@@ -62,7 +62,7 @@ typecheck: $(STAMP)
 NAME ?=
 SCOPES ?= *
 key: $(STAMP) ## Create an API key: make key NAME=me SCOPES=tabular,vision,nlp (printed once)
-	@test -n "$(NAME)" || { echo "usage: make key NAME=<name> SCOPES=<tabular,vision,nlp or *>"; exit 2; }
+	@test -n "$(NAME)" || { echo "usage: make key NAME=<name> SCOPES=<tabular,vision,nlp,model:<name>,admin or *>"; exit 2; }
 	@$(PY) -m gateway.keys create --name "$(NAME)" --scopes "$(SCOPES)"
 
 revoke-key: $(STAMP) ## Revoke an API key: make revoke-key NAME=me
