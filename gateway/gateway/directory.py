@@ -23,11 +23,10 @@ from dataclasses import dataclass
 import orjson
 from pydantic import ValidationError
 
-from gateway.errors import Conflict
-from gateway.names import is_model_name
 from gateway.upstream import Upstream, UpstreamClient
-from modelgate_core.errors import ModelGateError, NotFound
+from modelgate_core.errors import Conflict, ModelGateError, NotFound
 from modelgate_core.oip.types import RepositoryEntry
+from modelgate_core.repository.settings import is_model_name
 
 logger = logging.getLogger("gateway.directory")
 

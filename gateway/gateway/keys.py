@@ -26,9 +26,9 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gateway.names import is_model_name
 from gateway.redis_client import make_redis, with_reconnect
 from modelgate_core.errors import ServiceUnavailable
+from modelgate_core.repository.settings import is_model_name
 
 # A service's name lets a key use that service's domain routes and every model it holds; `model:<name>`
 # one model (through the /v2 and :predict routes) wherever it lives; `admin` the repository extension

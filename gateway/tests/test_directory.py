@@ -8,8 +8,7 @@ import logging
 import pytest
 
 from gateway.directory import IndexUnavailable, ModelDirectory
-from gateway.errors import Conflict
-from modelgate_core.errors import NotFound
+from modelgate_core.errors import Conflict, NotFound
 from modelgate_core.oip.types import RepositoryEntry
 
 

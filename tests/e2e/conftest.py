@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack import compose_command, compose_env, free_port
+from devstack import compose_command, compose_env, copy_repository, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRE = os.environ.get("MODELGATE_REQUIRE_E2E") == "1"
@@ -45,7 +45,8 @@ class ComposeStack:
     project: str
     port: int
     env: dict[str, str]
-    repository: Path = REPO / "models"
+    # This stack's own copy of the model repository (mounted into the services; removed at the end).
+    repository: Path
     up_seconds: float = 0.0
     api_key: str = ""
     log: list[str] = field(default_factory=list)
@@ -162,7 +163,14 @@ def stack() -> Iterator[ComposeStack]:
     # grace period 5 s above Gunicorn's, as compose.yaml documents.
     env.setdefault("GRACEFUL_TIMEOUT", "10")
     env.setdefault("STOP_GRACE_PERIOD", "15s")
-    stack = ComposeStack(compose=compose, project=project, port=port, env=env)
+    # A repository of this stack's own, so the tests can drop a model in: readable by the containers'
+    # uid 1000 (pytest's tmp dirs are private to root), under build/ (git-ignored).
+    repository = REPO / "build" / f"e2e-models-{project}"
+    copy_repository(REPO / "models", repository)
+    for folder in (repository, *[p for p in repository.rglob("*") if p.is_dir()]):
+        folder.chmod(0o755)
+    env.update(MODEL_REPOSITORY_HOST=str(repository), MODEL_POLL_SECONDS="1")
+    stack = ComposeStack(compose=compose, project=project, port=port, env=env, repository=repository)
 
     missing = [image for image in required_images(stack) if not image_exists(image)]
     if missing:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from modelgate_core.repository.settings import (
     SETTINGS_FILE,
     ModelSettings,
     ModelSettingsError,
+    is_model_name,
     read_settings,
 )
 
@@ -46,8 +46,6 @@ logger = logging.getLogger("modelgate.repository")
 RuntimeFactory = Callable[[ModelContext], ModelRuntime]
 # Files, sizes and modification times of a version folder: equal signatures, same files.
 Signature = tuple[tuple[str, int, int], ...]
-
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 @dataclass
@@ -368,7 +366,7 @@ class ModelRepository:
         for model_dir in sorted(self.root.iterdir()):
             if model_dir.name.startswith(".") or not model_dir.is_dir():
                 continue
-            if not MODEL_NAME.match(model_dir.name):
+            if not is_model_name(model_dir.name):
                 self._warn_once(str(model_dir), f"ignoring {model_dir.name!r}: not a valid model name")
                 continue
             for version_dir in sorted(model_dir.iterdir()):

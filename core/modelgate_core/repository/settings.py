@@ -11,6 +11,7 @@ Unknown keys are refused, so a typo is a clear reason in the repository index, n
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,16 @@ RUNTIME_SERVICES: dict[str, str] = {
     "text-classification": "nlp",
     "image-classification": "vision",
 }
+
+
+# Names travel in URL paths (`/v2/models/<name>/infer`), key scopes and metric labels: a short, safe
+# charset, shared by the repository (folder names) and the gateway (scopes, its model directory).
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def is_model_name(name: str) -> bool:
+    """Whether `name` can name a model; "." and ".." never do, as a path they would mean something else."""
+    return bool(_MODEL_NAME.match(name)) and name.strip(".") != ""
 
 
 class ModelSettingsError(ValueError):
