@@ -3,7 +3,8 @@
 Nothing about any model is written in the gateway: a model folder added to a service shows up in that
 service's `POST /v2/repository/index`, and the directory picks it up
 
-- when its view is older than `ttl_seconds` (the next request waits for one re-read), and
+- when its view is older than `ttl_seconds` (in the background: the request that notices is answered
+  from the current view), and
 - at once on an unknown name, at most once per `miss_interval_seconds` so that a stream of made-up
   names cannot turn into a stream of index reads.
 
@@ -15,6 +16,7 @@ a 409 naming both, never a guess.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -89,9 +91,14 @@ class ModelDirectory:
         404 when unknown even after a re-read, 409 when two services claim it.
         `always_refresh_on_miss` skips the miss rate limit (for rare admin calls).
         """
-        just_read = self._refreshed_at is None or self.clock() - self._refreshed_at >= self.ttl_seconds
+        just_read = self._refreshed_at is None
         if just_read:
             await self.refresh()
+        elif self.clock() - self._refreshed_at >= self.ttl_seconds and not self._running():  # type: ignore[operator]
+            # Stale: re-read in the background and answer from the current view meanwhile, so that no
+            # request on a known model waits for three index reads (an unknown name still waits).
+            self._starts += 1
+            self._task = asyncio.create_task(self._read_all(), context=contextvars.Context())
         location = self._find(name, version)
         if location is None:
             now = self.clock()

@@ -110,6 +110,11 @@ async def test_ttl_rereads_and_sees_a_model_move() -> None:
     clock.now += 1.9
     assert (await models.locate("fraud")).service == "tabular"  # still fresh: not re-read
     clock.now += 0.1
+    reads = indexes.reads
+    # Stale: answered from the current view at once, while one re-read runs in the background.
+    assert (await models.locate("fraud")).service == "tabular"
+    await models.refresh()  # joins that re-read
+    assert indexes.reads == reads + 2  # both services, once
     assert (await models.locate("fraud")).service == "nlp"
 
 
@@ -136,9 +141,12 @@ async def test_a_silent_service_keeps_its_models_until_they_age_out() -> None:
     indexes.down.add("nlp")
     clock.now += 10
     assert (await models.locate("sentiment")).service == "nlp"
+    await models.refresh()  # the background re-read that call started
+    assert (await models.locate("sentiment")).service == "nlp"
     stale = [e for e in models.entries() if e.name == "sentiment"]
     assert stale[0].state == "UNAVAILABLE" and stale[0].reason == "the nlp service is not answering"
     clock.now += 25  # 35 s after its last answer
+    await models.refresh()
     with pytest.raises(NotFound, match=r"not answering now: nlp"):
         await models.locate("sentiment")
     assert (await models.locate("iris")).service == "tabular"
