@@ -48,6 +48,8 @@ _ORT_PREFIX = re.compile(r"^\s*\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
 
 class OnnxRuntime(ModelRuntime):
     runtime = "onnx"
+    # Preprocessing checks the tensors, postprocessing picks outputs: cheaper than a thread hand-off.
+    light_steps = True
     platform = "onnxruntime_onnx"
 
     def __init__(self, context: ModelContext, *, threads: int = 1) -> None:

@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC, NuSVC
 from sklearn.utils import get_tags
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import threadpool_limits
 
 from modelgate_core.errors import BadRequest
 from modelgate_core.oip.dtypes import NUMPY_DTYPES
@@ -48,6 +48,8 @@ _PREDICT_IS_NOT_ARGMAX = (SVC, NuSVC, FixedThresholdClassifier, TunedThresholdCl
 
 class SklearnRuntime(ModelRuntime):
     runtime = "sklearn"
+    # Preprocessing checks the tensors, postprocessing picks outputs: cheaper than a thread hand-off.
+    light_steps = True
     platform = "sklearn"
 
     def __init__(self, context: ModelContext, *, threads: int = 1) -> None:
@@ -63,7 +65,6 @@ class SklearnRuntime(ModelRuntime):
         self._n_features: int | None = None
         self._allow_nan = False
         self._labels: list[str] | None = None
-        self._threadpools: ThreadpoolController | None = None
 
     # -- load ---------------------------------------------------------------------------------------
 
@@ -94,13 +95,13 @@ class SklearnRuntime(ModelRuntime):
         if classes is not None:
             self._class_values = _as_datatype(classes, derived_outputs[0].datatype)
         self._labels_from_proba = has_proba and _predict_is_argmax(estimator)
-        # Made after unpickling, which loads the BLAS/OpenMP libraries the limits apply to; scanning
-        # the loaded libraries is the costly part, so it is done once, not per request.
-        self._threadpools = ThreadpoolController()
+        # After unpickling, which loads the BLAS/OpenMP libraries the limit applies to. The limit is
+        # process-wide (the libraries have no other kind), so it is set once here: limiting around
+        # every call cost more CPU than the iris model's own prediction (py-spy, bench_oip).
+        threadpool_limits(limits=self.threads)
 
     def unload(self) -> None:
         self._estimator = None
-        self._threadpools = None
 
     # -- per request --------------------------------------------------------------------------------
 
@@ -125,17 +126,15 @@ class SklearnRuntime(ModelRuntime):
         return {spec.name: rows}
 
     def predict(self, batch: Tensors) -> Tensors:
-        if self._estimator is None or self._threadpools is None:
+        if self._estimator is None:
             raise RuntimeError("the sklearn model is not loaded")
         rows = np.asarray(batch[self.inputs[0].name], dtype=np.float64)
         wanted = {spec.name for spec in self.outputs}
-        # Requests run in parallel threads: bound the BLAS/OpenMP pools to this runtime's share.
-        with self._threadpools.limit(limits=self.threads):
-            try:
-                results = self._run(rows, wanted)
-            except ValueError as exc:
-                # Content the estimator refuses (e.g. a column count it could not know in advance).
-                raise BadRequest(f"the model refused the input: {_short(exc)}") from exc
+        try:
+            results = self._run(rows, wanted)
+        except ValueError as exc:
+            # Content the estimator refuses (e.g. a column count it could not know in advance).
+            raise BadRequest(f"the model refused the input: {_short(exc)}") from exc
         return {spec.name: results[spec.name] for spec in self.outputs}
 
     def _run(self, rows: Array, wanted: set[str]) -> dict[str, Array]:

@@ -65,6 +65,11 @@ class ModelRuntime(ABC):
     # The name used in model-settings.json, and the OIP metadata `platform`.
     runtime: ClassVar[str]
     platform: ClassVar[str]
+    # True when `preprocess` and `postprocess` cost next to nothing (checks, a label lookup): they
+    # then run beside `predict` instead of in worker threads of their own, since a hand-off to a
+    # thread costs more than they do. Keep False where preprocessing is real work (decoding an
+    # image), which then overlaps with the model serving another request.
+    light_steps: ClassVar[bool] = False
 
     def __init__(self, context: ModelContext) -> None:
         self.context = context

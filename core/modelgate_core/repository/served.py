@@ -4,7 +4,8 @@ and the requests in flight (so that an unload waits for them).
 Per request: the input tensors are checked against the runtime's `inputs`, `preprocess` runs in a
 worker thread outside the model's slot (decoding an image overlaps with the model serving another
 request), `predict` runs in the slot, alone or merged with other requests' rows by the `Batcher`,
-then `postprocess` in a thread again.
+then `postprocess` in a thread again. A runtime with `light_steps` (trivial pre/postprocessing)
+saves the hand-offs: all three in one thread, or the light ones on the loop around a batch.
 """
 
 from __future__ import annotations
@@ -106,16 +107,31 @@ class ServedVersion:
         params = parameters or {}
         rows = check_inputs(self.runtime.inputs, inputs)
         started = time.perf_counter()
+        light = self.runtime.light_steps
         async with self.in_use():
-            prepared = await anyio.to_thread.run_sync(self._preprocess, inputs, params)
-            if self._batcher is not None:
-                part = _Part(prepared, rows)
-                (raw, *_) = await self._batcher.submit([part] * max(rows, 1))
+            if self._batcher is None and light:
+                outputs = await anyio.to_thread.run_sync(
+                    self._infer_whole, inputs, params, limiter=self._limiter
+                )
             else:
-                raw = await anyio.to_thread.run_sync(self._predict, prepared, limiter=self._limiter)
-            outputs = await anyio.to_thread.run_sync(self._postprocess, raw, params)
+                if light:
+                    prepared = self._preprocess(inputs, params)
+                else:
+                    prepared = await anyio.to_thread.run_sync(self._preprocess, inputs, params)
+                if self._batcher is not None:
+                    (raw, *_) = await self._batcher.submit([_Part(prepared, rows)] * max(rows, 1))
+                else:
+                    raw = await anyio.to_thread.run_sync(self._predict, prepared, limiter=self._limiter)
+                if light:
+                    outputs = self._postprocess(raw, params)
+                else:
+                    outputs = await anyio.to_thread.run_sync(self._postprocess, raw, params)
         record_timing("model", (time.perf_counter() - started) * 1000)
         return outputs
+
+    def _infer_whole(self, inputs: Tensors, parameters: dict[str, Any]) -> Tensors:
+        """All three steps in one worker thread (light steps, no batching)."""
+        return self._postprocess(self._predict(self._preprocess(inputs, parameters)), parameters)
 
     def _preprocess(self, inputs: Tensors, parameters: dict[str, Any]) -> Tensors:
         return _guarded(self.name, "preprocess", self.runtime.preprocess, inputs, parameters)
