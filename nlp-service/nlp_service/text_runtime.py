@@ -22,7 +22,13 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from modelgate_core.errors import BadRequest
 from modelgate_core.oip.types import Parameters, TensorSpec
 from modelgate_core.onnx_session import create_session
-from modelgate_core.repository.runtime import ModelContext, ModelRuntime, Tensors, declared_or
+from modelgate_core.repository.runtime import (
+    ModelContext,
+    ModelRuntime,
+    Tensors,
+    check_fixed_tensors,
+    declared_or,
+)
 
 Backend = Literal["onnx", "torch"]
 
@@ -175,16 +181,7 @@ class TextClassificationRuntime(ModelRuntime):
         ]
 
     def _check_declared(self) -> None:
-        # Declared tensors may rename nothing: this runtime reads `text` and writes its own outputs.
-        if [(s.name, s.datatype) for s in self.inputs] != [(TEXT_INPUT.name, TEXT_INPUT.datatype)]:
-            raise ValueError("text-classification takes exactly one input: text BYTES [-1]")
-        known = {s.name: s.datatype for s in self._derived_outputs()}
-        for spec in self.outputs:
-            if known.get(spec.name) != spec.datatype:
-                raise ValueError(
-                    f"declared output {spec.name} {spec.datatype} is not one of "
-                    + ", ".join(f"{n} {d}" for n, d in known.items())
-                )
+        check_fixed_tensors(self.runtime, self.inputs, TEXT_INPUT, self.outputs, self._derived_outputs())
 
     def preprocess(self, inputs: Tensors, parameters: Parameters) -> Tensors:
         elements = inputs["text"].reshape(-1)

@@ -24,7 +24,13 @@ from PIL import Image
 from modelgate_core.errors import BadRequest
 from modelgate_core.oip.types import Parameters, TensorSpec
 from modelgate_core.onnx_session import create_session
-from modelgate_core.repository.runtime import ModelContext, ModelRuntime, Tensors, declared_or
+from modelgate_core.repository.runtime import (
+    ModelContext,
+    ModelRuntime,
+    Tensors,
+    check_fixed_tensors,
+    declared_or,
+)
 from vision_service.decode import decode_image
 from vision_service.network import ARCH, load_efficientnet
 from vision_service.preprocess import preprocess_image
@@ -213,16 +219,7 @@ class ImageClassificationRuntime(ModelRuntime):
         ]
 
     def _check_declared(self) -> None:
-        # Declared tensors may rename nothing: this runtime reads `image` and writes its own outputs.
-        if [(s.name, s.datatype) for s in self.inputs] != [(IMAGE_INPUT.name, IMAGE_INPUT.datatype)]:
-            raise ValueError("image-classification takes exactly one input: image BYTES [-1]")
-        known = {s.name: s.datatype for s in self._derived_outputs()}
-        for spec in self.outputs:
-            if known.get(spec.name) != spec.datatype:
-                raise ValueError(
-                    f"declared output {spec.name} {spec.datatype} is not one of "
-                    + ", ".join(f"{n} {d}" for n, d in known.items())
-                )
+        check_fixed_tensors(self.runtime, self.inputs, IMAGE_INPUT, self.outputs, self._derived_outputs())
 
     def top_k(self, parameters: Parameters) -> int:
         """The request's `top_k` (default 5, or every class if there are fewer), or `BadRequest`."""

@@ -128,3 +128,26 @@ def declared_or(
     """The settings' declared tensors where given, else what the runtime derived from the model."""
     settings = context.settings
     return (settings.inputs or derived_inputs, settings.outputs or derived_outputs)
+
+
+def check_fixed_tensors(
+    runtime: str,
+    declared_inputs: list[TensorSpec],
+    only_input: TensorSpec,
+    declared_outputs: list[TensorSpec],
+    known_outputs: list[TensorSpec],
+) -> None:
+    """For a runtime whose tensors are its own (one named input, outputs it computes): declared
+    tensors may narrow shapes or pick outputs but rename nothing; `ValueError` says what is wrong."""
+    if [(s.name, s.datatype) for s in declared_inputs] != [(only_input.name, only_input.datatype)]:
+        shape = list(only_input.shape)
+        raise ValueError(
+            f"{runtime} takes exactly one input: {only_input.name} {only_input.datatype} {shape}"
+        )
+    known = {s.name: s.datatype for s in known_outputs}
+    for spec in declared_outputs:
+        if known.get(spec.name) != spec.datatype:
+            raise ValueError(
+                f"declared output {spec.name} {spec.datatype} is not one of "
+                + ", ".join(f"{n} {d}" for n, d in known.items())
+            )
