@@ -64,6 +64,16 @@ def _softmax(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.float3
     return probabilities
 
 
+# Unicode's White_Space characters: what the `/v1` schema's `\S` pattern (pydantic's regex engine)
+# treats as blank. Python's `str.strip()` also strips U+001C..U+001F, which would refuse texts that
+# the schema accepts (Schemathesis found one).
+UNICODE_WHITE_SPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + ("\u2028\u2029\u202f\u205f\u3000")
+)
+
+
 def _decode_text(element: object, row: int) -> str:
     if isinstance(element, str):
         text = element
@@ -74,7 +84,7 @@ def _decode_text(element: object, row: int) -> str:
             raise BadRequest(f"text[{row}] is not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
     else:
         raise BadRequest(f"text[{row}] must be a string, got {type(element).__name__}")
-    if not text.strip():
+    if not text.strip(UNICODE_WHITE_SPACE):
         raise BadRequest(f"text[{row}] is empty; send at least one visible character")
     return text
 

@@ -200,3 +200,31 @@ def test_a_bad_max_length_fails_the_load(folder: Path, max_length: object) -> No
 def test_no_texts_is_400(onnx_runtime: Runtime) -> None:
     with pytest.raises(BadRequest, match="holds no texts"):
         onnx_runtime.preprocess({"text": np.array([], dtype=object)}, {})
+
+
+def test_blank_means_what_the_v1_schema_means(onnx_runtime: Runtime) -> None:
+    """A text the `/v1` schema accepts is never refused as blank over `/v2`, and the other way round
+    (Schemathesis found U+001E: Python's `str.strip()` calls it blank, the schema's `\\S` does not)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from modelgate_core.schemas.nlp import SentimentText
+
+    schema = TypeAdapter(SentimentText)
+    disagree = []
+    for codepoint in range(0x3100):
+        if 0xD800 <= codepoint <= 0xDFFF:
+            continue  # surrogates are not text
+        char = chr(codepoint)
+        try:
+            schema.validate_python(char)
+            accepted = True
+        except ValidationError:
+            accepted = False
+        try:
+            onnx_runtime.preprocess({"text": np.array([char.encode()], dtype=object)}, {})
+            taken = True
+        except BadRequest:
+            taken = False
+        if accepted != taken:
+            disagree.append(hex(codepoint))
+    assert disagree == []
