@@ -20,6 +20,7 @@ from modelgate_core.errors import error_body, is_oip_path
 from modelgate_core.metrics import HTTP_IN_FLIGHT, HTTP_LATENCY, HTTP_REQUESTS
 
 access_logger = logging.getLogger("modelgate.access")
+error_logger = logging.getLogger("modelgate.errors")
 
 # Paths that are polled all the time; they are still measured but not access-logged at INFO.
 _QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
@@ -50,9 +51,12 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         request_id_header = (b"x-request-id", request_id.encode())
 
+        started_response = False
+
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
+                started_response = True
                 status = message["status"]
                 ctx.timings[self.service] = (time.perf_counter() - started) * 1000
                 message["headers"] = [
@@ -67,6 +71,14 @@ class RequestContextMiddleware:
         in_flight.inc()
         try:
             await self.app(scope, receive, send_with_request_id)
+        except Exception:
+            if started_response:
+                raise  # too late for an error answer: the server closes the connection
+            # Answered here, inside the request's context, so that the 500 carries its request ID
+            # (body and header) and Server-Timing; Starlette's outermost handler would not.
+            error_logger.exception("unhandled error")
+            body = error_body(500, "internal_error", "Internal server error", oip=is_oip_path(scope["path"]))
+            await send_json(send_with_request_id, 500, body)
         finally:
             in_flight.dec()
             elapsed = time.perf_counter() - started

@@ -40,6 +40,10 @@ def make_app(doubler_runtime: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPat
             out = await repository.get("double").infer({"x": np.asarray(body.values, dtype=np.float64)})
             return {"values": out["y"].tolist()}
 
+        @router.get("/v1/boom")
+        async def boom() -> None:
+            raise RuntimeError("a bug, not the caller's fault")
+
         app = create_service_app(
             title="t", version="1", settings=settings, repository=repository, routers=[router]
         )
@@ -186,6 +190,18 @@ def test_v1_errors_share_the_common_shape(root: Path, make_app: Any) -> None:
             body = response.json()
             assert body["error"]["code"] == code
             assert body["error"]["request_id"] == response.headers["x-request-id"]
+
+
+def test_a_500_carries_the_request_id_and_says_nothing_inside(root: Path, make_app: Any) -> None:
+    with make_app(root) as client:
+        wait_until_ready(client)
+        response = client.get("/v1/boom", headers={"x-request-id": "bug-1"})
+        assert response.status_code == 500
+        assert response.json() == {
+            "error": {"code": "internal_error", "message": "Internal server error", "request_id": "bug-1"}
+        }
+        assert response.headers["x-request-id"] == "bug-1"
+        assert "test-svc;dur=" in response.headers["server-timing"]
 
 
 def test_json_body_limit(root: Path, make_app: Any) -> None:
