@@ -7,9 +7,10 @@ worker's own heartbeat, but it is generous in case loading holds the GIL for lon
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from modelgate_core.logging import logging_config
@@ -42,8 +43,32 @@ def on_starting(server: Any) -> None:
     if not path:
         path = tempfile.mkdtemp(prefix="modelgate-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path, exist_ok=True)
+    prepare_metrics_dir(Path(path))
+
+
+# Left in a metrics directory ModelGate made, so that a later start knows its files are ours to clear.
+METRICS_MARKER = ".modelgate-metrics"
+
+
+def prepare_metrics_dir(path: Path) -> None:
+    """Make `path` ready for this process group's metrics without ever deleting what is not ours.
+
+    Stale sample files from an earlier run would be counted again, so they are removed, but only
+    from a directory ModelGate made (it holds our marker) or adopts (it is empty or new). A
+    directory with other content is used as it is, with a warning.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / METRICS_MARKER
+    if marker.is_file():
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+    elif not any(path.iterdir()):
+        marker.touch()
+    else:
+        logging.getLogger("modelgate.lifecycle").warning(
+            "PROMETHEUS_MULTIPROC_DIR is not empty and was not made by ModelGate: left as it is",
+            extra={"path": str(path)},
+        )
 
 
 def child_exit(server: Any, worker: Any) -> None:
