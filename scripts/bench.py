@@ -1293,11 +1293,12 @@ def load_report(path: Path) -> Report:
     return Report(**data, points=points)
 
 
-def publish(out_dir: Path) -> None:
+def publish(out_dir: Path, report: str = "benchmarks.md", images: str = "bench-*.png") -> None:
+    """Copy a run's report to docs/`report` and its plots matching `images` to docs/img/."""
     docs = REPO / "docs"
     (docs / "img").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out_dir / "report.md", docs / "benchmarks.md")
-    for png in (out_dir / "img").glob("bench-*.png"):
+    shutil.copyfile(out_dir / "report.md", docs / report)
+    for png in (out_dir / "img").glob(images):
         shutil.copyfile(png, docs / "img" / png.name)
 
 

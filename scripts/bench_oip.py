@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import signal
 import statistics
 import struct
@@ -61,6 +60,7 @@ from bench import (
     machine_info,
     measure,
     pids_of,
+    publish,
     run_wrk,
     save_log_tails,
     wait_http_ok,
@@ -712,7 +712,7 @@ def run(args: argparse.Namespace, command: str) -> Path:
     report.load_after = load_average()
     write_report(report, out_dir)
     if not args.no_docs:
-        publish(out_dir)
+        publish_report(out_dir)
     return out_dir
 
 
@@ -989,13 +989,8 @@ def load_report(path: Path) -> OipReport:
     return OipReport(**data, points=points)
 
 
-def publish(out_dir: Path) -> None:
-    docs = REPO / "docs"
-    (docs / "img").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out_dir / "report.md", docs / "benchmarks-oip.md")
-    image = out_dir / "img" / "bench-oip.png"
-    if image.is_file():
-        shutil.copyfile(image, docs / "img" / "bench-oip.png")
+def publish_report(out_dir: Path) -> None:
+    publish(out_dir, "benchmarks-oip.md", "bench-oip.png")
     print("==> copied to docs/benchmarks-oip.md and docs/img/bench-oip.png", flush=True)
 
 
@@ -1030,7 +1025,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = Path(args.render)
         write_report(load_report(source), source.parent)
         if not args.no_docs:
-            publish(source.parent)
+            publish_report(source.parent)
         print(f"==> report: {source.parent / 'report.md'}")
         return 0
     args.duration = max(1, args.duration or (2 if args.quick else 5))

@@ -21,11 +21,12 @@ from gateway.resilience import CircuitBreaker, ReplicaResolver, RetryBudget, bac
 from modelgate_core.context import annotate, current_request_id, record_timing
 from modelgate_core.errors import BadGateway, GatewayTimeout, ModelGateError, ServiceUnavailable
 from modelgate_core.metrics import UPSTREAM_LATENCY
+from modelgate_core.oip.types import HEADER_LENGTH_HEADER
 
 logger = logging.getLogger("gateway.upstream")
 
 # OIP binary tensor extension: the length of the JSON part of a body whose tensors follow as raw bytes.
-BINARY_HEADER = "inference-header-content-length"
+BINARY_HEADER = HEADER_LENGTH_HEADER
 
 # The only service response headers a client sees; the rest (hop-by-hop, lengths, the service's own
 # request ID echo) are the transport's or the gateway's business.

@@ -24,11 +24,10 @@ import orjson
 
 from modelgate_core.errors import BadRequest, ModelGateError
 from modelgate_core.oip.dtypes import ELEMENT_SIZES, NUMPY_DTYPES
-from modelgate_core.oip.types import TensorSpec
+from modelgate_core.oip.types import HEADER_LENGTH_HEADER, TensorSpec
 
 __all__ = ["DecodedRequest", "RequestedOutput", "decode_infer_request", "encode_infer_response"]
 
-HEADER_LENGTH_HEADER = "inference-header-content-length"
 
 # ASCII digits only: `str.isdigit` and `\d` would also accept other scripts' digits, which `int` parses.
 _HEADER_LENGTH = re.compile(r"[0-9]{1,19}")

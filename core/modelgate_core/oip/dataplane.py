@@ -83,10 +83,9 @@ class DataPlane:
         results = await served.infer(request.inputs, request.parameters)
         if request.outputs is not None:
             chosen = [by_name[o.name] for o in request.outputs]
-            binary = {o.name for o in request.outputs if o.binary}
         else:
             chosen = [spec for spec in served.outputs if spec.name in results]
-            binary = {spec.name for spec in chosen} if request.binary_output_default else set()
+        binary = {spec.name for spec in chosen if request.wants_binary(spec.name)}
         return encode_infer_response(
             model_name=name,
             model_version=served.version,

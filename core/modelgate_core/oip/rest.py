@@ -16,6 +16,7 @@ from starlette.responses import Response
 from modelgate_core.errors import BadRequest
 from modelgate_core.oip.dataplane import DataPlane
 from modelgate_core.oip.types import (
+    HEADER_LENGTH_HEADER,
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
@@ -24,8 +25,6 @@ from modelgate_core.oip.types import (
     RepositoryEntry,
     ServerMetadata,
 )
-
-HEADER_LENGTH = "inference-header-content-length"
 
 OIP_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": OipError, "description": description}
@@ -131,7 +130,7 @@ def oip_router(plane: DataPlane) -> APIRouter:
 
     async def infer(name: str, version: str | None, request: Request) -> Response:
         body, headers = await plane.infer(
-            name, version, await request.body(), request.headers.get(HEADER_LENGTH)
+            name, version, await request.body(), request.headers.get(HEADER_LENGTH_HEADER)
         )
         return Response(body, headers=headers)
 

@@ -29,6 +29,9 @@ Datatype = Literal[
 
 Parameters = dict[str, Any]
 
+# The binary tensor extension's header: how many bytes of the body are the JSON part.
+HEADER_LENGTH_HEADER = "inference-header-content-length"
+
 
 class TensorSpec(BaseModel):
     """A model input or output: name, datatype and shape (-1 for a variable dimension).
