@@ -7,8 +7,8 @@ in the thread pool, which copies the context — carry the request ID.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +35,9 @@ _current: ContextVar[RequestContext | None] = ContextVar("modelgate_request", de
 
 
 def new_request_id() -> str:
-    """Return a fresh random request ID (32 hex characters)."""
-    return uuid.uuid4().hex
+    """Return a fresh random request ID (32 hex characters, 128 random bits: what `uuid4().hex` gives
+    without building a UUID on every request)."""
+    return os.urandom(16).hex()
 
 
 def accept_request_id(candidate: str | None) -> str:

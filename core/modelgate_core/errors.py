@@ -183,40 +183,33 @@ def _validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return details
 
 
-async def _on_modelgate_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ModelGateError)
-    oip = is_oip_path(request.url.path)
-    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers, oip=oip)
-
-
-async def _on_validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    details = _validation_details(exc.errors())
-    fields = ", ".join(sorted({d["field"] for d in details}))
-    if is_oip_path(request.url.path):
-        # OIP has no 422: a body or parameter that does not fit the protocol is a 400.
-        return error_response(400, "bad_request", f"Invalid request: {fields}", details, oip=True)
-    return error_response(422, "validation_error", f"Invalid request: {fields}", details)
-
-
-async def _on_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
-    oip = is_oip_path(request.url.path)
-    return error_response(exc.status_code, code, message, headers=exc.headers, oip=oip)
-
-
-async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
+def error_response_for(exc: Exception, path: str) -> Response:
+    """The answer to `exc` raised while serving `path`: the one mapping of errors to responses, used by
+    the installed handlers and by plain-ASGI routes that answer before FastAPI's router."""
+    oip = is_oip_path(path)
+    if isinstance(exc, ModelGateError):
+        return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers, oip=oip)
+    if isinstance(exc, RequestValidationError):
+        details = _validation_details(exc.errors())
+        fields = ", ".join(sorted({d["field"] for d in details}))
+        if oip:
+            # OIP has no 422: a body or parameter that does not fit the protocol is a 400.
+            return error_response(400, "bad_request", f"Invalid request: {fields}", details, oip=True)
+        return error_response(422, "validation_error", f"Invalid request: {fields}", details)
+    if isinstance(exc, StarletteHTTPException):
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+        return error_response(exc.status_code, code, message, headers=exc.headers, oip=oip)
     # Never leak internals: the message is generic, the traceback goes to the log with the request ID.
     logger.exception("unhandled error", exc_info=exc)
-    oip = is_oip_path(request.url.path)
     return error_response(500, "internal_error", "Internal server error", oip=oip)
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    return error_response_for(exc, request.scope["path"])
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error raised in `app` to the common error shape."""
-    app.add_exception_handler(ModelGateError, _on_modelgate_error)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(Exception, _on_unexpected_error)
+    for kind in (ModelGateError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, _on_error)

@@ -22,11 +22,16 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, service: str = "modelgate") -> None:
         super().__init__()
         self.service = service
+        # The formatted second, kept: every access-log line would otherwise pay for strftime.
+        self._second = -1
+        self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "service": self.service,

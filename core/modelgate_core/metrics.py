@@ -8,6 +8,7 @@ group rather than whichever worker answered.
 from __future__ import annotations
 
 import os
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -63,6 +64,30 @@ UPSTREAM_LATENCY = Histogram(
     ["upstream", "outcome"],
     buckets=_LATENCY_BUCKETS,
 )
+
+
+Metric = TypeVar("Metric", Counter, Gauge, Histogram)
+
+# Distinct label sets one `Children` keeps; past it, `labels()` is called as usual (correct, slower).
+_CHILDREN_LIMIT = 4096
+
+
+class Children(Generic[Metric]):
+    """A labelled metric's children, kept by label values for the hot path: `labels()` converts,
+    validates and takes a lock on every call. Label values must be bounded anyway (route templates,
+    statuses, known model names), so is this."""
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric: Metric = metric
+        self._children: dict[tuple[str, ...], Metric] = {}
+
+    def __call__(self, *values: str) -> Metric:
+        child = self._children.get(values)
+        if child is None:
+            child = self.metric.labels(*values)
+            if len(self._children) < _CHILDREN_LIMIT:
+                self._children[values] = child
+        return child
 
 
 def render_metrics() -> tuple[bytes, str]:

@@ -23,6 +23,7 @@ from modelgate_core.errors import install_error_handlers
 from modelgate_core.health import Drain, health_router
 from modelgate_core.logging import configure_logging
 from modelgate_core.middleware import BodyLimitMiddleware, RequestContextMiddleware, tensor_body_limits
+from modelgate_core.oip.asgi_routes import InferRoutes
 from modelgate_core.oip.dataplane import DataPlane
 from modelgate_core.oip.rest import oip_components, oip_router
 from modelgate_core.repository.control import Control, default_control_dir
@@ -147,6 +148,8 @@ def create_service_app(
         app.include_router(router)
     _document_oip(app)
 
+    # Innermost: OIP infer is answered here, after the body limit and request context.
+    app.add_middleware(InferRoutes, plane=plane)
     app.add_middleware(
         BodyLimitMiddleware,
         limit_for=tensor_body_limits(settings.max_json_bytes, settings.max_upload_bytes, upload_paths),

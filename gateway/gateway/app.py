@@ -15,11 +15,13 @@ from gateway.deps import GatewayState
 from gateway.directory import ModelDirectory, upstream_index_fetcher
 from gateway.keys import open_store
 from gateway.openapi import ApiDocument
+from gateway.proxy_routes import ProxyRoutes
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from gateway.readiness import check_readiness
 from gateway.routes import docs, inference, models, repository, server
 from gateway.routes.domain import domain_router
-from gateway.upstream import BINARY_HEADER, Upstream, UpstreamClient, make_http_client
+from gateway.transport import make_transport
+from gateway.upstream import BINARY_HEADER, Upstream, UpstreamClient
 from modelgate_core.errors import install_error_handlers
 from modelgate_core.health import Drain, health_router
 from modelgate_core.logging import configure_logging
@@ -103,9 +105,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         drain.watch_sigterm()
-        http = make_http_client(settings.upstream_max_connections, settings.upstream_transport)
-        if transport is not None:
-            http = httpx.AsyncClient(transport=transport)
+        pool = transport or make_transport(
+            settings.upstream_transport,
+            settings.upstream_max_connections,
+            settings.upstream_keepalive_seconds,
+        )
         keys = open_store(
             str(settings.redis_url) if settings.redis_url else None,
             settings.api_keys_file,
@@ -113,7 +117,7 @@ def create_app(
         )
         limiter = make_limiter(settings)
         cache = make_cache(settings)
-        client = UpstreamClient(http, settings.connect_timeout)
+        client = UpstreamClient(pool, settings.connect_timeout)
         directory = ModelDirectory(
             list(upstreams),
             upstream_index_fetcher(client, upstreams, settings.readiness_timeout),
@@ -133,7 +137,7 @@ def create_app(
         try:
             yield
         finally:
-            await http.aclose()
+            await pool.aclose()
             await keys.close()
             if limiter is not None:
                 await limiter.close()
@@ -162,6 +166,8 @@ def create_app(
     for name in upstreams:
         app.include_router(domain_router(name))
 
+    # Innermost: the forwarding routes are answered here, after the body limit, CORS and request context.
+    app.add_middleware(ProxyRoutes, services=list(upstreams))
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit_for(settings, upstreams))
     origins = [o.strip() for o in settings.cors_allow_origins.split(",") if o.strip()]
     if origins:

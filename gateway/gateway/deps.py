@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -58,8 +58,23 @@ async def authenticate(
     api_key: Annotated[str | None, Depends(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
-    """The caller's key record; 401 when the key is missing or unknown."""
-    presented = api_key or (bearer.credentials if bearer else None)
+    """Dependency: the caller's key record (see `verify_key`)."""
+    return await verify_key(state, api_key or (bearer.credentials if bearer else None))
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key in `X-API-Key`, or in `Authorization: Bearer <key>`, read as the dependencies above
+    read them (for the plain-ASGI proxy routes, which have no dependencies)."""
+    api_key = headers.get("x-api-key")
+    if api_key:
+        return api_key
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    return credentials if scheme.lower() == "bearer" and credentials else None
+
+
+async def verify_key(state: GatewayState, presented: str | None) -> ApiKey:
+    """The caller's key record, its request counted against its rate limit; 401 when the key is
+    missing or unknown, 429 over the limit."""
     if not presented:
         raise Unauthorized(
             "Missing API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
@@ -105,11 +120,16 @@ def require_scope(scope: str) -> Callable[[ApiKey], Awaitable[ApiKey]]:
     """Dependency: the key must carry `scope` (or `*`); 403 otherwise."""
 
     async def check(key: AuthenticatedKey) -> ApiKey:
-        if not key.allows(scope):
-            raise Forbidden(f"API key '{key.name}' lacks the '{scope}' scope")
+        check_scope(key, scope)
         return key
 
     return check
+
+
+def check_scope(key: ApiKey, scope: str) -> None:
+    """403 unless the key carries `scope` (or `*`)."""
+    if not key.allows(scope):
+        raise Forbidden(f"API key '{key.name}' lacks the '{scope}' scope")
 
 
 def require_model_scope(key: ApiKey, model: str, service: str) -> None:

@@ -20,7 +20,7 @@ import orjson
 from gateway.resilience import CircuitBreaker, ReplicaResolver, RetryBudget, backoff
 from modelgate_core.context import annotate, current_request_id, record_timing
 from modelgate_core.errors import BadGateway, GatewayTimeout, ModelGateError, ServiceUnavailable
-from modelgate_core.metrics import UPSTREAM_LATENCY
+from modelgate_core.metrics import UPSTREAM_LATENCY, Children
 from modelgate_core.oip.types import HEADER_LENGTH_HEADER
 
 logger = logging.getLogger("gateway.upstream")
@@ -44,6 +44,9 @@ _PASS_RESPONSE_HEADERS = frozenset(
 _PASS_REQUEST_HEADERS = frozenset({BINARY_HEADER})
 # Service errors a client may see as they are; any other status is the gateway's 502.
 _PASS_ERROR_STATUSES = frozenset({400, 404, 405, 409, 413, 415, 422, 429, 503})
+_UPSTREAM_LATENCY = Children(UPSTREAM_LATENCY)
+# Parsed upstream URLs kept per service (see `Upstream.url_for`).
+_URL_CACHE_SIZE = 1024
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Upstream:
     breaker: CircuitBreaker = field(init=False)
     resolver: ReplicaResolver = field(init=False)
     scheme: str = field(init=False)
+    _urls: dict[tuple[str, str, str | None], httpx.URL] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         url = httpx.URL(self.base_url)
@@ -64,9 +68,18 @@ class Upstream:
         self.breaker = CircuitBreaker(self.name)
         self.resolver = ReplicaResolver(url.host, url.port or 80)
 
-    def url_for(self, address: str, path: str) -> str:
-        """Absolute URL of `path` on the replica at `address`."""
-        return f"{self.scheme}://{address}:{self.resolver.port}{path}"
+    def url_for(self, address: str, path: str, query: str | None = None) -> httpx.URL:
+        """Absolute URL of `path` on the replica at `address`, with the `query` string as the client
+        sent it. Parsed URLs are kept (parsing one costs more than the rest of building the request);
+        the cache is bounded because domain paths are whatever clients send."""
+        key = (address, path, query)
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            target = f"{path}?{query}" if query else path
+            url = self._urls[key] = httpx.URL(f"{self.scheme}://{address}:{self.resolver.port}{target}")
+        return url
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +97,25 @@ class UpstreamClient:
     503 immediately while a service keeps failing.
     """
 
-    def __init__(self, client: httpx.AsyncClient, connect_timeout: float, max_retries: int = 2) -> None:
-        self.client = client
+    def __init__(
+        self, transport: httpx.AsyncBaseTransport, connect_timeout: float, max_retries: int = 2
+    ) -> None:
+        # The transport, not an `httpx.AsyncClient`: the client's cookie jar, redirects, auth and URL
+        # merging are work a proxy must not do per request (the profile is in the benchmark report).
+        self.transport = transport
         self.connect_timeout = connect_timeout
         self.max_retries = max_retries
         self.budget = RetryBudget()
+        # read timeout -> the request's timeout extension; a few distinct values per process.
+        self._timeouts: dict[float, dict[str, float | None]] = {}
+
+    def _timeout(self, read: float) -> dict[str, float | None]:
+        timeout = self._timeouts.get(read)
+        if timeout is None:
+            connect = self.connect_timeout
+            timeout = {"connect": connect, "read": read, "write": read, "pool": connect}
+            self._timeouts[read] = timeout
+        return timeout
 
     async def request(
         self,
@@ -99,13 +126,14 @@ class UpstreamClient:
         content: bytes | None = None,
         content_type: str | None = None,
         headers: Mapping[str, str] | None = None,
-        params: Mapping[str, str] | str | None = None,
+        query: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - a per-call read timeout handed to httpx
         probe: bool = False,
     ) -> UpstreamResponse:
         """Send one request; raise the mapped `ModelGateError` on failure.
 
         `headers` are the client's; only those a service needs (`forwardable_headers`) are sent.
+        `path` and `query` go as they are (percent-encoded, as the client sent them).
         `probe` requests (readiness checks) bypass the breaker and retries: they must see the truth.
         """
         if not probe and not upstream.breaker.allow():
@@ -114,7 +142,7 @@ class UpstreamClient:
         sent_headers["x-request-id"] = current_request_id() or ""
         if content_type:
             sent_headers["content-type"] = content_type
-        request_timeout = httpx.Timeout(timeout or upstream.timeout, connect=self.connect_timeout)
+        extensions = {"timeout": self._timeout(timeout or upstream.timeout)}
         self.budget.deposit()
         started = time.perf_counter()
         outcome = "error"
@@ -122,15 +150,15 @@ class UpstreamClient:
         try:
             while True:
                 address = await upstream.resolver.pick()
+                request = httpx.Request(
+                    method,
+                    upstream.url_for(address, path, query),
+                    content=content,
+                    headers=sent_headers,
+                    extensions=extensions,
+                )
                 try:
-                    response = await self.client.request(
-                        method,
-                        upstream.url_for(address, path),
-                        content=content,
-                        params=params,
-                        headers=sent_headers,
-                        timeout=request_timeout,
-                    )
+                    response = await self.transport.handle_async_request(request)
                     break
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                     upstream.resolver.forget(address)
@@ -139,6 +167,10 @@ class UpstreamClient:
                         raise
                     attempt += 1
                     await asyncio.sleep(backoff(attempt))
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
             outcome = str(response.status_code)
             answer = check_response(upstream, response, path)
         except httpx.HTTPError as exc:
@@ -152,7 +184,7 @@ class UpstreamClient:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            UPSTREAM_LATENCY.labels(upstream.name, outcome).observe(elapsed)
+            _UPSTREAM_LATENCY(upstream.name, outcome).observe(elapsed)
             if not probe:
                 annotate(
                     upstream=upstream.name,
@@ -230,22 +262,3 @@ def _is_error_shape(content: bytes, *, oip: bool) -> bool:
         return False
     error = body.get("error")
     return (isinstance(error, dict) and "code" in error) or (oip and isinstance(error, str))
-
-
-def make_http_client(max_connections: int, transport: str = "httpx") -> httpx.AsyncClient:
-    """The pooled client; made once in the lifespan, never per request.
-
-    `transport="aiohttp"` keeps httpx's API but moves the connection pool to aiohttp's, which is
-    several times faster under concurrency (httpx's own pool is the bottleneck: encode/httpx#3215);
-    the benchmark report (`make bench`) has the measurement behind the default.
-    """
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    if transport == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
-        return httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits, trust_env=False),
-            follow_redirects=False,
-            trust_env=False,
-        )
-    return httpx.AsyncClient(limits=limits, follow_redirects=False, trust_env=False)

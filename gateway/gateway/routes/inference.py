@@ -16,7 +16,7 @@ from gateway.openapi_fragments import (
     answer,
     errors,
 )
-from gateway.routes.proxy import forward_to_model
+from gateway.routes.proxy import Incoming, forward_to_model, model_path
 from modelgate_core.oip.types import ModelMetadata, ModelReady
 
 router = APIRouter(prefix="/v2/models", tags=["inference"])
@@ -26,13 +26,11 @@ _READY = {**answer(ModelReady, "Whether the model (version) is ready"), **errors
 _INFER = {**INFER_ANSWER, **errors(*WRITE_ERRORS)}
 
 
-def _model_path(name: str, version: str | None, suffix: str = "") -> str:
-    return f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "") + suffix
-
-
 @router.get("/{name}", summary="Model metadata", response_model=None, responses=_METADATA)
 async def model_metadata(name: str, key: AuthenticatedKey, state: State, request: Request) -> Response:
-    return await forward_to_model(state, request, key, name=name, version=None, path=_model_path(name, None))
+    return await forward_to_model(
+        state, Incoming.of_request(request), key, name=name, version=None, path=model_path(name, None)
+    )
 
 
 @router.get(
@@ -41,14 +39,18 @@ async def model_metadata(name: str, key: AuthenticatedKey, state: State, request
 async def model_version_metadata(
     name: str, version: str, key: AuthenticatedKey, state: State, request: Request
 ) -> Response:
-    path = _model_path(name, version)
-    return await forward_to_model(state, request, key, name=name, version=version, path=path)
+    path = model_path(name, version)
+    return await forward_to_model(
+        state, Incoming.of_request(request), key, name=name, version=version, path=path
+    )
 
 
 @router.get("/{name}/ready", summary="Model readiness", response_model=None, responses=_READY)
 async def model_ready(name: str, key: AuthenticatedKey, state: State, request: Request) -> Response:
-    path = _model_path(name, None, "/ready")
-    return await forward_to_model(state, request, key, name=name, version=None, path=path)
+    path = model_path(name, None, "/ready")
+    return await forward_to_model(
+        state, Incoming.of_request(request), key, name=name, version=None, path=path
+    )
 
 
 @router.get(
@@ -60,16 +62,20 @@ async def model_ready(name: str, key: AuthenticatedKey, state: State, request: R
 async def model_version_ready(
     name: str, version: str, key: AuthenticatedKey, state: State, request: Request
 ) -> Response:
-    path = _model_path(name, version, "/ready")
-    return await forward_to_model(state, request, key, name=name, version=version, path=path)
+    path = model_path(name, version, "/ready")
+    return await forward_to_model(
+        state, Incoming.of_request(request), key, name=name, version=version, path=path
+    )
 
 
 @router.post(
     "/{name}/infer", summary="Inference", response_model=None, responses=_INFER, openapi_extra=INFER_BODY
 )
 async def infer(name: str, key: AuthenticatedKey, state: State, request: Request) -> Response:
-    path = _model_path(name, None, "/infer")
-    return await forward_to_model(state, request, key, name=name, version=None, path=path)
+    path = model_path(name, None, "/infer")
+    return await forward_to_model(
+        state, Incoming.of_request(request), key, name=name, version=None, path=path
+    )
 
 
 @router.post(
@@ -82,5 +88,7 @@ async def infer(name: str, key: AuthenticatedKey, state: State, request: Request
 async def infer_version(
     name: str, version: str, key: AuthenticatedKey, state: State, request: Request
 ) -> Response:
-    path = _model_path(name, version, "/infer")
-    return await forward_to_model(state, request, key, name=name, version=version, path=path)
+    path = model_path(name, version, "/infer")
+    return await forward_to_model(
+        state, Incoming.of_request(request), key, name=name, version=version, path=path
+    )

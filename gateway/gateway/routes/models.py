@@ -12,7 +12,7 @@ from starlette.responses import Response
 from gateway.catalog import fetch_models
 from gateway.deps import AuthenticatedKey, State
 from gateway.openapi_fragments import WRITE_ERRORS, PredictRequest, PredictResponse, answer, errors, json_body
-from gateway.routes.proxy import forward_to_model
+from gateway.routes.proxy import Incoming, forward_to_model
 from modelgate_core.schemas.common import ErrorResponse, ModelInfo
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -51,4 +51,6 @@ async def list_models(_key: AuthenticatedKey, state: State) -> ModelCatalog:
 )
 async def predict(name: str, key: AuthenticatedKey, state: State, request: Request) -> Response:
     path = f"/v1/models/{name}:predict"
-    return await forward_to_model(state, request, key, name=name, version=None, path=path)
+    return await forward_to_model(
+        state, Incoming.of_request(request), key, name=name, version=None, path=path
+    )

@@ -1,13 +1,20 @@
 """Forwarding a request to the service that should answer it, and returning its answer as is.
 
 The gateway parses nothing it forwards: the service validates, and its own 4xx reaches the client.
+The functions here take an `Incoming` (method, headers, query, body stream), so that the plain-ASGI
+proxy routes (`gateway.proxy_routes`) and the FastAPI routes share them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
 import orjson
-from fastapi import Request
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from gateway.cache import CACHE_LOOKUPS, cache_key
 from gateway.catalog import model_versions
@@ -15,12 +22,35 @@ from gateway.config import GatewaySettings
 from gateway.deps import GatewayState, require_model_scope
 from gateway.keys import ApiKey
 from gateway.metrics import MODEL_REQUESTS
+from modelgate_core.asgi import read_body
 from modelgate_core.context import annotate
-from modelgate_core.errors import ModelGateError, PayloadTooLarge
+from modelgate_core.errors import ModelGateError
+from modelgate_core.metrics import Children
+
+_MODEL_REQUESTS = Children(MODEL_REQUESTS)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """What the proxy uses of a client's request."""
+
+    method: str
+    headers: Mapping[str, str]  # lower-case names; the first of repeated headers, as Starlette reads them
+    query: str  # as the client sent it
+    receive: Receive
+
+    @classmethod
+    def of(cls, scope: Scope, receive: Receive) -> Incoming:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
+        return cls(scope["method"], headers, scope["query_string"].decode("latin-1"), receive)
+
+    @classmethod
+    def of_request(cls, request: Request) -> Incoming:
+        return cls.of(request.scope, request.receive)
 
 
 async def forward(
-    state: GatewayState, service: str, request: Request, path: str, body: bytes | None
+    state: GatewayState, service: str, request: Incoming, path: str, body: bytes | None
 ) -> Response:
     """Send this request (method, `body`, content type, query) to `service` at `path`.
 
@@ -43,7 +73,7 @@ async def forward(
         content=body or None,
         content_type=request.headers.get("content-type"),
         headers=request.headers,
-        params=request.url.query or None,  # as the client sent it
+        query=request.query or None,
     )
     headers = dict(answer.headers)
     if key is not None and state.cache is not None:
@@ -54,7 +84,7 @@ async def forward(
 
 
 def cache_input(
-    settings: GatewaySettings, service: str, request: Request, body: bytes | None
+    settings: GatewaySettings, service: str, request: Incoming, body: bytes | None
 ) -> bytes | None:
     """What identifies a prediction for the response cache, or None when it is not cached.
 
@@ -64,7 +94,7 @@ def cache_input(
     """
     if request.method != "POST" or body is None:
         return None
-    query = "&".join(f"{k}={v}" for k, v in sorted(request.query_params.multi_items())).encode()
+    query = "&".join(f"{k}={v}" for k, v in sorted(parse_qsl(request.query, keep_blank_values=True))).encode()
     # service -> whether its (raw, non-JSON) requests are cached
     raw_opt_in = {"vision": settings.response_cache_vision}
     if service in raw_opt_in:
@@ -76,9 +106,14 @@ def cache_input(
     return orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS) + b"|" + query
 
 
+def model_path(name: str, version: str | None, suffix: str = "") -> str:
+    """A model's OIP path on its service: `/v2/models/{name}[/versions/{version}]{suffix}`."""
+    return f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "") + suffix
+
+
 async def forward_to_model(
     state: GatewayState,
-    request: Request,
+    request: Incoming,
     key: ApiKey,
     *,
     name: str,
@@ -90,7 +125,7 @@ async def forward_to_model(
     location = await state.directory.locate(name, version)
     require_model_scope(key, name, location.service)
     annotate(model=name)
-    body = await request.body() if request.method == "POST" else None
+    body = await read_body(request.receive) if request.method == "POST" else None
     status = 500
     try:
         answer = await state.client.request(
@@ -106,20 +141,5 @@ async def forward_to_model(
         status = exc.status_code
         raise
     finally:
-        MODEL_REQUESTS.labels(name, version or "default", str(status)).inc()
+        _MODEL_REQUESTS(name, version or "default", str(status)).inc()
     return Response(answer.content, status_code=answer.status_code, headers=dict(answer.headers))
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 once it passes `limit` bytes (declared or while streaming)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
