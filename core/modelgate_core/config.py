@@ -20,5 +20,11 @@ class CommonSettings(BaseSettings):
     service_name: str = "modelgate"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
+    # INFO lines (the access log) are written in batches this often, off the event loop; WARNING and
+    # above at once. 0: every line at once (a SIGKILLed process otherwise loses at most this much).
+    log_flush_seconds: float = Field(default=0.2, ge=0)
     # Largest JSON request body accepted, in bytes; enforced while reading, before parsing.
     max_json_bytes: int = Field(default=1_048_576, ge=1_024)
+    # Set: the Gunicorn master serves Prometheus metrics (every worker's, aggregated) on this port, at
+    # BIND's address, and `/metrics` on the public port answers 404. Unset: `/metrics` on the public port.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)

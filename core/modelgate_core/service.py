@@ -110,7 +110,9 @@ def create_service_app(
     """Return the service app: the repository loaded in the lifespan (in the background, so liveness
     answers at once) and kept in step with its folder, readiness 503 until the first load pass is
     done, the OIP routes, common errors, JSON logs with request IDs, metrics, and body limits."""
-    configure_logging(settings.service_name, settings.log_level, settings.log_json)
+    configure_logging(
+        settings.service_name, settings.log_level, settings.log_json, settings.log_flush_seconds
+    )
 
     drain = Drain()
 

@@ -98,7 +98,9 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway; `transport` lets unit tests put in-process services behind it."""
     settings = settings or GatewaySettings()
-    configure_logging(settings.service_name, settings.log_level, settings.log_json)
+    configure_logging(
+        settings.service_name, settings.log_level, settings.log_json, settings.log_flush_seconds
+    )
     upstreams = build_upstreams(settings)
     drain = Drain()
 
