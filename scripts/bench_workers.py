@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -449,6 +450,8 @@ def compose_memory(routes: dict[str, Route]) -> dict[str, float] | str:
         return "no Docker daemon or Compose v2 here (make docker-setup)"
     port = free_port()
     env = compose_env() | {"GATEWAY_PORT": str(port), "GATEWAY_HOST_IP": "127.0.0.1"}
+    # compose.yaml's Redis refuses to start without a password; this project (and its volume) is its own.
+    env["REDIS_PASSWORD"] = secrets.token_hex(24)
     base = [*compose, "-p", f"mgworkers{os.getpid()}"]
 
     def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

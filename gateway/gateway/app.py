@@ -9,11 +9,12 @@ import httpx
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+from gateway.auth_failures import FailedAuthLimiter
 from gateway.cache import MemoryResponseCache, RedisResponseCache, ResponseCache
 from gateway.config import GatewaySettings
 from gateway.deps import GatewayState
 from gateway.directory import ModelDirectory, upstream_index_fetcher
-from gateway.keys import open_store
+from gateway.keys import store_from_settings
 from gateway.openapi import ApiDocument
 from gateway.proxy_routes import ProxyRoutes
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -112,11 +113,7 @@ def create_app(
             settings.upstream_max_connections,
             settings.upstream_keepalive_seconds,
         )
-        keys = open_store(
-            str(settings.redis_url) if settings.redis_url else None,
-            settings.api_keys_file,
-            settings.key_cache_seconds,
-        )
+        keys = store_from_settings(settings)
         limiter = make_limiter(settings)
         cache = make_cache(settings)
         client = UpstreamClient(pool, settings.connect_timeout)
@@ -135,6 +132,9 @@ def create_app(
             drain=drain,
             limiter=limiter,
             cache=cache,
+            auth_failures=FailedAuthLimiter(
+                settings.auth_failure_limit, settings.auth_failure_window_seconds
+            ),
         )
         try:
             yield

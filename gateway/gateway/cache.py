@@ -21,7 +21,8 @@ from gateway.redis_client import make_redis, with_reconnect
 
 logger = logging.getLogger("gateway.cache")
 
-CACHE_LOOKUPS = Counter("modelgate_response_cache_total", "Response cache lookups.", ["route", "result"])
+# By service, never by path: paths are whatever clients send.
+CACHE_LOOKUPS = Counter("modelgate_response_cache_total", "Response cache lookups.", ["service", "result"])
 
 
 def cache_key(path: str, model_versions: str, canonical_input: bytes) -> str:

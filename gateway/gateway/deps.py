@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -9,7 +10,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Scope
 
+from gateway.auth_failures import FailedAuthLimiter
 from gateway.cache import ResponseCache
 from gateway.config import GatewaySettings
 from gateway.directory import ModelDirectory
@@ -35,8 +38,12 @@ class GatewayState:
     drain: Drain = field(default_factory=Drain)
     limiter: RateLimiter | None = None
     cache: ResponseCache | None = None
+    # Unknown keys per client address (guessing is refused before any lookup once over the limit).
+    auth_failures: FailedAuthLimiter | None = None
     # service -> (expires at, "model=version,..."), for cache keys
     model_versions: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # cache key -> the answer of the one request asking the service for it now (None: no answer)
+    cache_flights: dict[str, asyncio.Future[bytes | None]] = field(default_factory=dict)
 
 
 async def get_state(request: Request) -> GatewayState:
@@ -55,11 +62,20 @@ _bearer = HTTPBearer(auto_error=False, description="API key as a bearer token")
 
 async def authenticate(
     state: State,
+    request: Request,
     api_key: Annotated[str | None, Depends(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
     """Dependency: the caller's key record (see `verify_key`)."""
-    return await verify_key(state, api_key or (bearer.credentials if bearer else None))
+    presented = api_key or (bearer.credentials if bearer else None)
+    return await verify_key(state, presented, client_address(request.scope))
+
+
+def client_address(scope: Scope) -> str:
+    """The peer's address, as the server saw it (Uvicorn's proxy-headers handling may have replaced
+    it with the forwarded one from a trusted proxy)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -72,16 +88,20 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return credentials if scheme.lower() == "bearer" and credentials else None
 
 
-async def verify_key(state: GatewayState, presented: str | None) -> ApiKey:
+async def verify_key(state: GatewayState, presented: str | None, address: str) -> ApiKey:
     """The caller's key record, its request counted against its rate limit; 401 when the key is
-    missing or unknown, 429 over the limit."""
+    missing or unknown, 429 over the limit or when `address` has presented too many unknown keys."""
     if not presented:
         raise Unauthorized(
             "Missing API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
             headers={"www-authenticate": "Bearer"},
         )
+    if state.auth_failures is not None:
+        state.auth_failures.check(address)
     record = await state.keys.authenticate(presented)
     if record is None:
+        if state.auth_failures is not None:
+            state.auth_failures.record_failure(address)
         raise Unauthorized("Invalid API key", headers={"www-authenticate": "Bearer"})
     annotate(key_name=record.name)
     if state.limiter is not None:

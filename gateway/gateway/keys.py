@@ -17,18 +17,36 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
+import math
 import os
 import secrets
 import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from prometheus_client import Counter
+
+from gateway.lru import Lru
 from gateway.redis_client import make_redis, with_reconnect
 from modelgate_core.errors import ServiceUnavailable
 from modelgate_core.repository.settings import is_model_name
+
+if TYPE_CHECKING:
+    from gateway.config import GatewaySettings
+
+logger = logging.getLogger("gateway.keys")
+
+KEY_STORE_OUTAGE = Counter(
+    "modelgate_key_store_outage_total",
+    "Key lookups that Redis could not answer: served from the last confirmed record, or refused (503).",
+    ["outcome"],
+)
 
 # A service's name lets a key use that service's domain routes and every model it holds; `model:<name>`
 # one model (through the /v2 and :predict routes) wherever it lives; `admin` the repository extension
@@ -214,31 +232,86 @@ class FileKeyStore(KeyStore):
         return True
 
 
-class RedisKeyStore(KeyStore):
-    """Keys in one Redis hash, shared by every gateway worker and replica; lookups cached briefly."""
+@dataclass(frozen=True, slots=True)
+class _Confirmed:
+    """A record as Redis last returned it, and when (the store's clock)."""
 
-    def __init__(self, url: str, cache_seconds: float = 5.0) -> None:
+    at: float
+    record: ApiKey
+
+
+class RedisKeyStore(KeyStore):
+    """Keys in one Redis hash, shared by every gateway worker and replica.
+
+    Lookups are remembered in two bounded LRUs: records Redis returned (`max_entries` of them), and
+    hashes it did not know (as many). Within `cache_seconds` either answers without asking Redis, so a
+    revoked key stops working within that delay. When Redis cannot be reached, a key that Redis
+    confirmed within `outage_grace_seconds` keeps working; any other key cannot be verified and is a
+    503 (`KeyStoreUnavailable`), never a 401. After a failed call Redis is left alone for
+    `retry_seconds`: during an outage each request would otherwise wait out a timeout first.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        cache_seconds: float = 5.0,
+        *,
+        timeout: float = 0.25,
+        max_entries: int = 10_000,
+        outage_grace_seconds: float = 900.0,
+        retry_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         import redis.asyncio as redis
 
-        self.redis = make_redis(url, timeout=1.0)
+        self.redis = make_redis(url, timeout=timeout)
         self._redis_error = redis.RedisError
         self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self.outage_grace_seconds = outage_grace_seconds
+        self.retry_seconds = retry_seconds
+        self._clock = clock
+        self._confirmed: Lru[str, _Confirmed] = Lru(max_entries)
+        # Unknown hashes, kept apart so that a scanner's stream of them cannot evict the good keys.
+        self._unknown: Lru[str, float] = Lru(max_entries)
+        self._redis_down_until = -math.inf
 
     async def find(self, key_hash: str) -> ApiKey | None:
-        now = time.monotonic()
-        hit = self._cache.get(key_hash)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        now = self._clock()
+        confirmed = self._confirmed.get(key_hash)
+        if confirmed is not None and now - confirmed.at < self.cache_seconds:
+            return confirmed.record
+        unknown_at = self._unknown.get(key_hash)
+        if unknown_at is not None and now - unknown_at < self.cache_seconds:
+            return None
+        if now < self._redis_down_until:
+            return self._without_redis(confirmed, now)
         try:
             raw = await with_reconnect(self.redis, lambda: self.redis.hget(_REDIS_KEYS, key_hash))
         except (self._redis_error, OSError) as exc:
-            raise KeyStoreUnavailable("The API key store is unavailable; try again shortly") from exc
-        record = ApiKey.from_json(raw) if raw else None
-        if len(self._cache) > 10_000:  # bounded: unknown keys from a scanner must not grow it forever
-            self._cache.clear()
-        self._cache[key_hash] = (now + self.cache_seconds, record)
+            self._redis_down_until = now + self.retry_seconds
+            logger.warning("API key store unavailable", extra={"error": repr(exc)})
+            return self._without_redis(confirmed, now, exc)
+        if not raw:
+            self._confirmed.pop(key_hash)
+            self._unknown.put(key_hash, now)
+            return None
+        record = ApiKey.from_json(raw)
+        self._unknown.pop(key_hash)
+        self._confirmed.put(key_hash, _Confirmed(now, record))
         return record
+
+    def _without_redis(
+        self, confirmed: _Confirmed | None, now: float, cause: BaseException | None = None
+    ) -> ApiKey:
+        """Redis cannot answer: the last confirmed record if it is recent enough, else a 503."""
+        if confirmed is not None and now - confirmed.at <= self.outage_grace_seconds:
+            KEY_STORE_OUTAGE.labels("served_confirmed").inc()
+            return confirmed.record
+        KEY_STORE_OUTAGE.labels("unverifiable").inc()
+        raise KeyStoreUnavailable(
+            "The API key store is unavailable and this key was not verified recently; try again shortly",
+            headers={"retry-after": str(max(1, math.ceil(self.retry_seconds)))},
+        ) from cause
 
     async def all(self) -> list[ApiKey]:
         values = await self.redis.hvals(_REDIS_KEYS)  # type: ignore[misc]
@@ -265,15 +338,29 @@ class RedisKeyStore(KeyStore):
 
 
 def open_store(redis_url: str | None, keys_file: Path, cache_seconds: float = 5.0) -> KeyStore:
-    """Redis when a URL is configured, otherwise the local file."""
+    """Redis when a URL is configured, otherwise the local file (the store's own defaults otherwise;
+    the gateway uses `store_from_settings`)."""
     return RedisKeyStore(redis_url, cache_seconds) if redis_url else FileKeyStore(keys_file)
+
+
+def store_from_settings(settings: GatewaySettings) -> KeyStore:
+    """The key store the settings describe: Redis when `REDIS_URL` is set, otherwise the local file."""
+    if not settings.redis_url:
+        return FileKeyStore(settings.api_keys_file)
+    return RedisKeyStore(
+        str(settings.redis_url),
+        settings.key_cache_seconds,
+        timeout=settings.rate_limit_timeout,
+        max_entries=settings.key_cache_max_entries,
+        outage_grace_seconds=settings.key_outage_grace_seconds,
+    )
 
 
 async def _run_cli(args: argparse.Namespace) -> int:
     from gateway.config import GatewaySettings
 
     settings = GatewaySettings()
-    store = open_store(str(settings.redis_url) if settings.redis_url else None, settings.api_keys_file)
+    store = store_from_settings(settings)
     where = "redis" if settings.redis_url else str(settings.api_keys_file)
     try:
         if args.command == "create":

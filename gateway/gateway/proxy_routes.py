@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.deps import GatewayState, check_scope, presented_key, verify_key
+from gateway.deps import GatewayState, check_scope, client_address, presented_key, verify_key
 from gateway.routes.domain import forward_domain
 from gateway.routes.proxy import Incoming, forward_to_model, model_path
 from modelgate_core.asgi import RouteTemplate, route_template
@@ -81,7 +81,8 @@ class ProxyRoutes:
             return
         scope["route"] = route.template
         try:
-            response = await self._forward(scope["app"].state.gateway, route, Incoming.of(scope, receive))
+            state = scope["app"].state.gateway
+            response = await self._forward(state, route, Incoming.of(scope, receive), client_address(scope))
         except ClientDisconnect:
             return  # nobody to answer
         except (ModelGateError, HTTPException) as exc:
@@ -89,8 +90,8 @@ class ProxyRoutes:
         await response(scope, receive, send)
 
     @staticmethod
-    async def _forward(state: GatewayState, route: ProxyRoute, request: Incoming) -> Response:
-        key = await verify_key(state, presented_key(request.headers))
+    async def _forward(state: GatewayState, route: ProxyRoute, request: Incoming, address: str) -> Response:
+        key = await verify_key(state, presented_key(request.headers), address)
         if route.service:
             check_scope(key, route.service)
             return await forward_domain(state, route.service, request, route.subpath)

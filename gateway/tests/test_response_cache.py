@@ -23,10 +23,12 @@ class Services:
     def __init__(self) -> None:
         self.version = "1"
         self.predictions = 0
+        self.catalogue_reads = 0
         self.status = 200
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/models":
+            self.catalogue_reads += 1
             return httpx.Response(200, json={"models": [{"name": "iris", "version": self.version}]})
         self.predictions += 1
         if self.status != 200:
@@ -152,3 +154,93 @@ def test_memory_cache_expires_and_is_bounded() -> None:
         return fresh, stale, len(cache._entries)
 
     assert asyncio.run(scenario()) == (b"1", None, 2)
+
+
+def test_vision_key_is_the_image_not_the_multipart_boundary(
+    cached_vision: tuple[TestClient, Services, str],
+) -> None:
+    client, services, key = cached_vision
+    image, other = b"\xff\xd8\xff-coffee", b"\xff\xd8\xff-chelsea"
+    # httpx picks a fresh random boundary for every request, as browsers and requests do.
+    answers = [
+        client.post(
+            "/v1/vision/classify", files={"file": ("a.jpg", data, "image/jpeg")}, headers={"X-API-Key": key}
+        )
+        for data in (image, image, other)
+    ]
+    assert [a.headers["x-cache"] for a in answers] == ["miss", "hit", "miss"]
+    assert services.predictions == 2
+
+
+def test_a_form_the_service_cannot_read_is_not_cached(
+    cached_vision: tuple[TestClient, Services, str],
+) -> None:
+    client, services, key = cached_vision
+    headers = {"X-API-Key": key, "content-type": "multipart/form-data; boundary=b"}
+    for _ in range(2):
+        response = client.post("/v1/vision/classify", content=b"not a form", headers=headers)
+        assert "x-cache" not in response.headers
+    assert services.predictions == 2
+
+
+async def test_identical_misses_at_once_ask_the_service_once(tmp_path: Path) -> None:
+    config = GatewaySettings(api_keys_file=tmp_path / "keys.json", response_cache_enabled=True)
+    key, _ = await FileKeyStore(config.api_keys_file).create("c", ("*",))
+    release, arrived = asyncio.Event(), asyncio.Event()
+    predictions = 0
+
+    async def service(request: httpx.Request) -> httpx.Response:
+        nonlocal predictions
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"models": [{"name": "iris", "version": "1"}]})
+        predictions += 1
+        arrived.set()
+        await release.wait()  # every other request arrives while this one is at the service
+        return httpx.Response(200, json={"label": "setosa"})
+
+    app = create_app(config, transport=httpx.MockTransport(service))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gateway") as client,
+    ):
+
+        async def call() -> httpx.Response:
+            return await post_async(client, key)
+
+        first = asyncio.create_task(call())
+        await arrived.wait()
+        others = [asyncio.create_task(call()) for _ in range(5)]
+        # Nothing here waits on real I/O: yielding lets every request run as far as it can. Without
+        # single flight each would now be at the service too.
+        for _ in range(1000):
+            await asyncio.sleep(0)
+        assert predictions == 1
+        assert not any(task.done() for task in others)
+        release.set()
+        answers = await asyncio.gather(first, *others)
+    assert predictions == 1
+    assert [a.status_code for a in answers] == [200] * 6
+    assert sorted(a.headers["x-cache"] for a in answers) == ["hit"] * 5 + ["miss"]
+
+
+async def post_async(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    return await client.post(
+        "/v1/tabular/iris",
+        content=json.dumps(IRIS),
+        headers={"X-API-Key": key, "content-type": "application/json"},
+    )
+
+
+def test_an_open_circuit_skips_the_cache_and_never_probes_the_service(
+    cached: tuple[TestClient, Services, str],
+) -> None:
+    client, services, key = cached
+    breaker = client.app.state.gateway.upstreams["tabular"].breaker  # type: ignore[attr-defined]
+    for _ in range(breaker.failure_threshold):
+        breaker.record_failure()
+    assert breaker.state == "open"
+    calls_before = services.predictions + services.catalogue_reads
+    response = post(client, key, json.dumps(IRIS).encode())
+    assert response.status_code == 503
+    assert "x-cache" not in response.headers
+    assert services.predictions + services.catalogue_reads == calls_before

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -159,6 +160,8 @@ def stack() -> Iterator[ComposeStack]:
     project = f"mge2e{uuid.uuid4().hex[:8]}"
     port = free_port()
     env.update(GATEWAY_PORT=str(port), GATEWAY_HOST_IP="127.0.0.1", COMPOSE_PROJECT_NAME=project)
+    # compose.yaml's Redis refuses to start without a password; this stack (and its volume) is its own.
+    env["REDIS_PASSWORD"] = secrets.token_hex(24)
     # Shorter stops (the tests stop and restart containers; nothing long is in flight), keeping Docker's
     # grace period 5 s above Gunicorn's, as compose.yaml documents.
     env.setdefault("GRACEFUL_TIMEOUT", "10")

@@ -7,11 +7,15 @@ proxy routes (`gateway.proxy_routes`) and the FastAPI routes share them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import hashlib
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 import orjson
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope
@@ -54,18 +58,38 @@ async def forward(
 ) -> Response:
     """Send this request (method, `body`, content type, query) to `service` at `path`.
 
-    With the response cache on, a cacheable request (see `cache_input`) may be answered from it.
+    With the response cache on, a cacheable request (see `cache_input`) may be answered from it, and
+    identical misses in flight at once in this process go to the service once.
     """
-    key = None
-    canonical = cache_input(state.settings, service, request, body) if state.cache is not None else None
-    if state.cache is not None and canonical is not None:
-        versions = await model_versions(state, service)
-        if versions is not None:
-            key = cache_key(path, versions, canonical)
-            cached = await state.cache.get(key)
-            CACHE_LOOKUPS.labels(path, "hit" if cached is not None else "miss").inc()
-            if cached is not None:
-                return Response(cached, media_type="application/json", headers={"x-cache": "hit"})
+    key = await _cache_key(state, service, request, path, body) if state.cache is not None else None
+    if key is None:
+        return await _send(state, service, request, path, body)
+    assert state.cache is not None
+    cached = await state.cache.get(key)
+    CACHE_LOOKUPS.labels(service, "hit" if cached is not None else "miss").inc()
+    if cached is None:
+        flight = state.cache_flights.get(key)
+        if flight is not None:
+            cached = await asyncio.shield(flight)  # another request is asking the service right now
+    if cached is not None:
+        return Response(cached, media_type="application/json", headers={"x-cache": "hit"})
+    flight = state.cache_flights[key] = asyncio.get_running_loop().create_future()
+    try:
+        response = await _send(state, service, request, path, body)
+        response.headers["x-cache"] = "miss"
+        if response.status_code == 200:
+            await state.cache.put(key, bytes(response.body))
+            flight.set_result(bytes(response.body))
+        return response
+    finally:
+        if not flight.done():
+            flight.set_result(None)  # no answer to share: the others ask the service themselves
+        del state.cache_flights[key]
+
+
+async def _send(
+    state: GatewayState, service: str, request: Incoming, path: str, body: bytes | None
+) -> Response:
     answer = await state.client.request(
         state.upstreams[service],
         request.method,
@@ -75,22 +99,32 @@ async def forward(
         headers=request.headers,
         query=request.query or None,
     )
-    headers = dict(answer.headers)
-    if key is not None and state.cache is not None:
-        headers["x-cache"] = "miss"
-        if answer.status_code == 200:
-            await state.cache.put(key, answer.content)
-    return Response(answer.content, status_code=answer.status_code, headers=headers)
+    return Response(answer.content, status_code=answer.status_code, headers=dict(answer.headers))
 
 
-def cache_input(
+async def _cache_key(
+    state: GatewayState, service: str, request: Incoming, path: str, body: bytes | None
+) -> str | None:
+    """The cache entry this request would use, or None when it is not cached (not cacheable, model
+    versions unknown, or the service's circuit is open: a service marked down is not probed)."""
+    if state.upstreams[service].breaker.state != "closed":
+        return None
+    canonical = await cache_input(state.settings, service, request, body)
+    if canonical is None:
+        return None
+    versions = await model_versions(state, service)
+    return cache_key(path, versions, canonical) if versions is not None else None
+
+
+async def cache_input(
     settings: GatewaySettings, service: str, request: Incoming, body: bytes | None
 ) -> bytes | None:
     """What identifies a prediction for the response cache, or None when it is not cached.
 
     JSON bodies count by their canonical form (parsed, keys sorted), so key order and spacing do not
     matter; a body that is not JSON is not cached. Uploads (vision) are large and rarely repeated: they
-    are cached only when `response_cache_vision` asks for it, keyed on their exact bytes.
+    are cached only when `response_cache_vision` asks for it, keyed on the form's fields and the bytes
+    of its files (never on the multipart boundary, which every client picks anew).
     """
     if request.method != "POST" or body is None:
         return None
@@ -98,12 +132,40 @@ def cache_input(
     # service -> whether its (raw, non-JSON) requests are cached
     raw_opt_in = {"vision": settings.response_cache_vision}
     if service in raw_opt_in:
-        return body + b"|" + query if raw_opt_in[service] else None
+        if not raw_opt_in[service]:
+            return None
+        form = await form_identity(request.headers.get("content-type", ""), body)
+        return form + b"|" + query if form is not None else None
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
     return orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS) + b"|" + query
+
+
+async def form_identity(content_type: str, body: bytes) -> bytes | None:
+    """A multipart form as its fields in order, each file as the sha256 of its bytes; None when the
+    body is not a form the service could read (it answers that itself, uncached)."""
+    if not content_type.startswith("multipart/form-data"):
+        return None
+
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    try:
+        form = await MultiPartParser(Headers({"content-type": content_type}), chunks()).parse()
+    except (MultiPartException, ValueError):
+        return None
+    parts: list[str] = []
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                parts.append(f"{name}=file:{hashlib.sha256(await value.read()).hexdigest()}")
+            else:
+                parts.append(f"{name}={value}")
+    finally:
+        await form.close()
+    return "&".join(parts).encode()
 
 
 def model_path(name: str, version: str | None, suffix: str = "") -> str:
