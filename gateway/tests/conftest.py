@@ -2,12 +2,15 @@
 
 `FakeServices` plays the three model services: each has a repository index (which the gateway's model
 directory reads), its `/v1/models` catalogue, an optional OpenAPI document, and answers anything else
-with an echo of what it was sent; a test swaps `handler` to make one misbehave.
+with an echo of what it was sent; a test swaps `handler` to make one misbehave. The services are told
+apart by port: their addresses are IP literals, so that no unit test ever looks a name up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,41 @@ from gateway.keys import FileKeyStore
 Handler = Callable[[httpx.Request], httpx.Response]
 
 SERVICE_PORTS = {8001: "tabular", 8002: "vision", 8003: "nlp"}
+
+
+def _is_ip_literal(host: object) -> bool:
+    """True for what `getaddrinfo` answers without a resolver: an address, or None (the wildcard)."""
+    if host is None:
+        return True
+    text = host.decode() if isinstance(host, bytes) else str(host)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.fixture(autouse=True)
+def no_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Fail any unit test that looks a name up (`localhost` included).
+
+    Whether a name resolves depends on the machine (on a compose network `tabular` does), and the
+    gateway's replica resolver turns a resolved name into addresses, so such a test would pass or fail
+    by where it runs. The lookup fails as an unknown name does, and the test fails at teardown even
+    where the code under test takes that failure in its stride.
+    """
+    looked_up: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def guarded(host: bytes | str | None, *args: Any, **kwargs: Any) -> Any:
+        if not _is_ip_literal(host):
+            looked_up.append(str(host))
+            raise socket.gaierror(socket.EAI_NONAME, f"unit tests look no names up, not even {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    yield looked_up
+    assert not looked_up, f"this unit test looked names up: {sorted(set(looked_up))}"
 
 
 def entry(name: str, version: str = "1", state: str = "READY", reason: str = "") -> dict[str, Any]:
@@ -82,12 +120,14 @@ def services() -> FakeServices:
 def settings(tmp_path: Path) -> GatewaySettings:
     return GatewaySettings(
         api_keys_file=tmp_path / "keys.json",
-        tabular_url="http://tabular:8001",
-        vision_url="http://vision:8002",
-        nlp_url="http://nlp:8003",
+        tabular_url="http://127.0.0.1:8001",
+        vision_url="http://127.0.0.1:8002",
+        nlp_url="http://127.0.0.1:8003",
         max_upload_bytes=64 * 1024,
         max_json_bytes=16 * 1024,
         log_json=True,
+        # Tests change what the services answer between two readiness calls: no kept verdict.
+        readiness_cache_seconds=0,
     )
 
 

@@ -97,13 +97,19 @@ def test_cli_create_list_revoke(tmp_path: Path) -> None:
     stored = json.loads((tmp_path / "keys.json").read_text())["keys"]
     assert stored[0]["name"] == "ci" and stored[0]["key_hash"] == hash_key(key)
     listed = cli("list")
-    assert "ci\tsabular" not in listed.stdout and listed.stdout.startswith("ci\ttabular,vision")
-    assert key not in listed.stdout
+    assert listed.returncode == 0, listed.stderr
+    # Name, scopes and creation time: never the key.
+    assert listed.stdout == f"ci\ttabular,vision\t{stored[0]['created']}\n"
     assert cli("create", "--name", "ci").returncode == 2
     scoped = cli("create", "--name", "ops", "--scopes", "admin,model:iris")
     assert scoped.returncode == 0, scoped.stderr
-    assert "ops\tadmin,model:iris" in cli("list").stdout
+    created_at = {k["name"]: k["created"] for k in json.loads((tmp_path / "keys.json").read_text())["keys"]}
+    assert cli("list").stdout.splitlines() == [
+        f"ci\ttabular,vision\t{created_at['ci']}",
+        f"ops\tadmin,model:iris\t{created_at['ops']}",
+    ]
     refused = cli("create", "--name", "bad", "--scopes", "model:no such")
     assert refused.returncode == 2 and "model:<name>" in refused.stderr
     assert cli("revoke", "--name", "ci").returncode == 0
+    assert cli("list").stdout.splitlines() == [f"ops\tadmin,model:iris\t{created_at['ops']}"]
     assert cli("revoke", "--name", "ci").returncode == 1
