@@ -2,24 +2,97 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from modelgate_core.config import CommonSettings
 from modelgate_core.errors import error_response
 from modelgate_core.metrics import render_metrics
 
-# A readiness check returns component name -> status ("ready" or why not).
-ReadinessCheck = Callable[[], Awaitable[Mapping[str, str]]]
+T = TypeVar("T")
 
 logger = logging.getLogger("modelgate.lifecycle")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessReport:
+    """A readiness verdict with every component's status ("ready" or why not).
+
+    The verdict is the caller's rule: a process may be ready with a component down (the gateway serves
+    the services that are up), and the body then still names what is down.
+    """
+
+    ready: bool
+    checks: Mapping[str, str]
+
+    @classmethod
+    def requiring_all(cls, checks: Mapping[str, str]) -> ReadinessReport:
+        """Ready only when every component is."""
+        return cls(all(status == "ready" for status in checks.values()), checks)
+
+    def not_ready(self) -> list[str]:
+        """The components that are not ready, sorted."""
+        return sorted(name for name, status in self.checks.items() if status != "ready")
+
+    def draining(self) -> ReadinessReport:
+        """This report for a process that has been told to stop: never ready."""
+        return ReadinessReport(False, {**self.checks, "process": "draining"})
+
+
+# A readiness check returns component name -> status, ready only when all are; or a report with its
+# own verdict.
+ReadinessCheck = Callable[[], Awaitable[Mapping[str, str] | ReadinessReport]]
+
+
+class SharedCheck(Generic[T]):
+    """Runs an async check at most once per `ttl_seconds`, and once at a time: callers that come while
+    it runs wait for that run instead of starting their own.
+
+    What the check reaches (other services, Redis) then sees a bounded load however many clients ask.
+    A caller that goes away does not cancel the run the others wait for; a run that raises is not kept.
+    """
+
+    def __init__(
+        self,
+        check: Callable[[], Awaitable[T]],
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._check = check
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._value: tuple[T, float] | None = None  # (result, when it was taken)
+        self._running: asyncio.Future[T] | None = None
+
+    async def __call__(self) -> T:
+        if self._value is not None and self._clock() - self._value[1] < self.ttl_seconds:
+            return self._value[0]
+        # A run left behind by a loop that has since closed (a test client's) can never finish here.
+        if self._running is None or self._running.get_loop() is not asyncio.get_running_loop():
+            self._running = asyncio.ensure_future(self._run())
+            # Every caller may have gone away: the outcome is then nobody's, and not an unretrieved error.
+            self._running.add_done_callback(lambda run: run.cancelled() or run.exception())
+        return await asyncio.shield(self._running)
+
+    async def _run(self) -> T:
+        try:
+            value = await self._check()
+            self._value = (value, self._clock())
+            return value
+        finally:
+            if self._running is asyncio.current_task():
+                self._running = None
 
 
 class Drain:
@@ -44,9 +117,19 @@ class Drain:
         signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def health_router(readiness: ReadinessCheck, drain: Drain | None = None) -> APIRouter:
-    """`/health/live`, `/health/ready` (503 naming what is not ready, or draining) and `/metrics`."""
+def health_router(
+    readiness: ReadinessCheck, drain: Drain | None = None, *, serve_metrics: bool | None = None
+) -> APIRouter:
+    """`/health/live`, `/health/ready` and `/metrics`.
+
+    Readiness is 200 with every component's status while the process is ready (`"status": "ready"`,
+    or `"degraded"` when a component it can do without is down), and 503 naming what is not ready
+    otherwise, or at once when the process drains. `/metrics` is left out (404) when `serve_metrics` is
+    false; by default, when `METRICS_PORT` is set: the Gunicorn master then serves it on that port.
+    """
     router = APIRouter(tags=["health"])
+    if serve_metrics is None:
+        serve_metrics = CommonSettings().metrics_port is None
 
     @router.get("/health/live", summary="Liveness: the process answers")
     async def live() -> dict[str, str]:
@@ -54,24 +137,28 @@ def health_router(readiness: ReadinessCheck, drain: Drain | None = None) -> APIR
 
     @router.get(
         "/health/ready",
-        summary="Readiness: every component is ready",
-        responses={503: {"description": "Some component is not ready; `details` names it"}},
+        summary="Readiness: the process can serve",
+        responses={503: {"description": "Not ready; `details` names what is not"}},
     )
     async def ready() -> Response:
-        checks = dict(await readiness())
+        result = await readiness()
+        report = result if isinstance(result, ReadinessReport) else ReadinessReport.requiring_all(result)
         if drain is not None and drain.draining:
-            checks["process"] = "draining"
-        not_ready = sorted(name for name, status in checks.items() if status != "ready")
-        if not_ready:
+            report = report.draining()
+        down = report.not_ready()
+        if not report.ready:
             details: list[dict[str, Any]] = [
-                {"component": name, "status": checks[name]} for name in not_ready
+                {"component": name, "status": report.checks[name]} for name in down
             ]
-            return error_response(503, "not_ready", f"Not ready: {', '.join(not_ready)}", details)
-        return Response(orjson.dumps({"status": "ready", "checks": checks}), media_type="application/json")
+            return error_response(503, "not_ready", f"Not ready: {', '.join(down) or 'unknown'}", details)
+        body = {"status": "degraded" if down else "ready", "checks": dict(report.checks)}
+        return Response(orjson.dumps(body), media_type="application/json")
 
-    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        body, content_type = render_metrics()
-        return Response(body, media_type=content_type)
+    if serve_metrics:
+
+        @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            body, content_type = render_metrics()
+            return Response(body, media_type=content_type)
 
     return router

@@ -18,7 +18,7 @@ from gateway.keys import store_from_settings
 from gateway.openapi import ApiDocument
 from gateway.proxy_routes import ProxyRoutes
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from gateway.readiness import check_readiness
+from gateway.readiness import readiness_for
 from gateway.routes import docs, inference, models, repository, server
 from gateway.routes.domain import domain_router
 from gateway.transport import make_transport
@@ -159,10 +159,7 @@ def create_app(
     app.state.api_document = ApiDocument(settings.openapi_cache_seconds)
     install_error_handlers(app)
 
-    async def readiness() -> Mapping[str, str]:
-        return await check_readiness(app.state.gateway)
-
-    app.include_router(health_router(readiness))
+    app.include_router(health_router(readiness_for(app)))
     for module in (server, inference, repository, models, docs):
         app.include_router(module.router)
     for name in upstreams:

@@ -17,7 +17,7 @@ from gateway.cache import ResponseCache
 from gateway.config import GatewaySettings
 from gateway.directory import ModelDirectory
 from gateway.keys import ADMIN_SCOPE, ApiKey, KeyStore
-from gateway.ratelimit import RATE_LIMIT_ERRORS, RATE_LIMITED, Limit, RateLimiter, headers_for
+from gateway.ratelimit import RATE_LIMIT_ERRORS, RATE_LIMITED, Limit, RateLimiter, headers_for, limit_source
 from gateway.upstream import Upstream, UpstreamClient
 from modelgate_core.context import add_response_header, annotate
 from modelgate_core.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
@@ -126,7 +126,7 @@ async def enforce_rate_limit(state: GatewayState, record: ApiKey) -> None:
     for name, value in headers.items():
         add_response_header(name, value)
     if not decision.allowed:
-        RATE_LIMITED.labels(record.name).inc()
+        RATE_LIMITED.labels(limit_source(record.rate, record.burst)).inc()
         # The headers are already on the response via the context; the 429 needs no copy of them.
         raise RateLimited(
             f"Rate limit of {limit.rate:g}/s (burst {limit.burst}) exceeded for key '{record.name}'"

@@ -14,6 +14,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Literal
 
 from prometheus_client import Counter
 
@@ -21,7 +22,13 @@ from gateway.redis_client import make_redis, with_reconnect
 
 logger = logging.getLogger("gateway.ratelimit")
 
-RATE_LIMITED = Counter("modelgate_rate_limited_total", "Requests refused with 429, by key name.", ["key"])
+# Labelled by which limit refused, never by key: label values must stay few, and key names are the
+# operator's (often a customer's name); the access log has the key name of each refusal.
+RATE_LIMITED = Counter(
+    "modelgate_rate_limited_total",
+    "Requests refused with 429, by the limit that refused them: the key's own or the default.",
+    ["limit"],
+)
 RATE_LIMIT_ERRORS = Counter(
     "modelgate_rate_limit_store_errors_total",
     "Rate-limit checks that could not reach the store.",
@@ -35,6 +42,11 @@ class Limit:
 
     rate: float
     burst: int
+
+
+def limit_source(rate: float | None, burst: int | None) -> Literal["key", "default"]:
+    """The `limit` label of `RATE_LIMITED` for a key with this rate and burst of its own (None: none)."""
+    return "key" if rate is not None or burst is not None else "default"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,10 +24,59 @@ BREAKER_STATE = Gauge(
 )
 
 
+class Admission:
+    """One call a `CircuitBreaker` let through, tied to the breaker state (generation) it was let
+    through in. Report its outcome with `success()` or `failure()`; `release()` (also what leaving a
+    `with` block does) ends it with no outcome. Only the first of the three counts, and none counts once
+    the breaker has changed state since: an answer to a request sent before the breaker opened says
+    nothing about the service now.
+
+    Always end an admission, on every path (`finally`, or `with`): a half-open breaker lets one probe
+    through at a time, and a probe that is never ended would keep every other call refused.
+    """
+
+    __slots__ = ("_breaker", "_done", "generation", "probe")
+
+    def __init__(self, breaker: CircuitBreaker, generation: int, probe: bool) -> None:
+        self._breaker = breaker
+        self._done = False
+        self.generation = generation
+        self.probe = probe
+
+    def success(self) -> None:
+        if self._end():
+            self._breaker._on_success(self)
+
+    def failure(self) -> None:
+        if self._end():
+            self._breaker._on_failure(self)
+
+    def release(self) -> None:
+        """End with no outcome (cancelled, or failed in a way that says nothing about the service)."""
+        if self._end():
+            self._breaker._on_release(self)
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def _end(self) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        return True
+
+
 @dataclass
 class CircuitBreaker:
     """Opens after `failure_threshold` consecutive failures; while open every call is refused at once.
-    After `reset_seconds` one probe is let through (half-open): success closes it, failure re-opens it.
+    After `reset_seconds` one probe is let through (half-open): success closes it, failure re-opens it,
+    and a probe ended with no outcome lets the next call probe instead.
+
+    `admit()` hands out an `Admission` per call. Every change of state starts a new generation, and
+    outcomes of calls admitted in an earlier one are ignored.
     """
 
     name: str
@@ -36,34 +85,47 @@ class CircuitBreaker:
     state: BreakerState = "closed"
     failures: int = 0
     opened_at: float = 0.0
+    generation: int = 0
     _probe_in_flight: bool = False
 
-    def allow(self) -> bool:
-        """Whether a call may go out now."""
+    def admit(self) -> Admission | None:
+        """An admission for a call that may go out now, or None: the circuit is open."""
         if self.state == "closed":
-            return True
+            return Admission(self, self.generation, probe=False)
         if self.state == "open" and time.monotonic() - self.opened_at >= self.reset_seconds:
             self._set("half_open")
         if self.state == "half_open" and not self._probe_in_flight:
             self._probe_in_flight = True
-            return True
-        return False
+            return Admission(self, self.generation, probe=True)
+        return None
 
-    def record_success(self) -> None:
+    def _on_success(self, admission: Admission) -> None:
+        if admission.generation != self.generation:
+            return
         self.failures = 0
-        self._probe_in_flight = False
+        if admission.probe:
+            self._probe_in_flight = False
         if self.state != "closed":
             self._set("closed")
 
-    def record_failure(self) -> None:
+    def _on_failure(self, admission: Admission) -> None:
+        if admission.generation != self.generation:
+            return
+        if admission.probe:
+            self._probe_in_flight = False
         self.failures += 1
-        self._probe_in_flight = False
         if self.state == "half_open" or self.failures >= self.failure_threshold:
             self.opened_at = time.monotonic()
             self._set("open")
 
+    def _on_release(self, admission: Admission) -> None:
+        if admission.generation == self.generation and admission.probe:
+            self._probe_in_flight = False
+
     def _set(self, state: BreakerState) -> None:
         self.state = state
+        self.generation += 1
+        self._probe_in_flight = False  # a probe belongs to the generation it was admitted in
         BREAKER_STATE.labels(self.name).set(_STATE_VALUE[state])
 
 
@@ -105,13 +167,16 @@ class ReplicaResolver:
     _resolved_at: float = -1e9
     _next: int = 0
 
-    @property
-    def is_literal(self) -> bool:
+    is_literal: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Decided once: `pick` runs on every request.
         try:
             ipaddress.ip_address(self.host)
         except ValueError:
-            return self.host == "localhost"
-        return True
+            self.is_literal = self.host == "localhost"
+        else:
+            self.is_literal = True
 
     async def pick(self) -> str:
         """The next address to use (the host itself for IP literals or when resolution fails)."""

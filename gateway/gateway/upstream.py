@@ -136,12 +136,14 @@ class UpstreamClient:
         `path` and `query` go as they are (percent-encoded, as the client sent them).
         `probe` requests (readiness checks) bypass the breaker and retries: they must see the truth.
         """
-        if not probe and not upstream.breaker.allow():
+        admission = None if probe else upstream.breaker.admit()
+        if not probe and admission is None:
             raise ServiceUnavailable(f"The {upstream.name} service is unavailable (circuit open)")
         sent_headers = forwardable_headers(headers or {})
         sent_headers["x-request-id"] = current_request_id() or ""
         if content_type:
             sent_headers["content-type"] = content_type
+        sent_headers["x-request-deadline-ms"] = f"{(timeout or upstream.timeout) * 1000:.0f}"  # our wait
         extensions = {"timeout": self._timeout(timeout or upstream.timeout)}
         self.budget.deposit()
         started = time.perf_counter()
@@ -175,14 +177,19 @@ class UpstreamClient:
             answer = check_response(upstream, response, path)
         except httpx.HTTPError as exc:
             outcome = type(exc).__name__
-            if not probe:
-                upstream.breaker.record_failure()
+            if admission is not None:
+                admission.failure()
             raise map_transport_error(upstream, exc) from exc
         except ModelGateError:
-            if not probe:
-                upstream.breaker.record_failure()
+            if admission is not None:
+                admission.failure()
             raise
+        else:
+            if admission is not None:
+                admission.success()
         finally:
+            if admission is not None:
+                admission.release()  # any other way out (cancelled, an unmapped error) decides nothing
             elapsed = time.perf_counter() - started
             _UPSTREAM_LATENCY(upstream.name, outcome).observe(elapsed)
             if not probe:
@@ -193,8 +200,6 @@ class UpstreamClient:
                     upstream_retries=attempt,
                 )
                 record_timing("upstream", elapsed * 1000)
-        if not probe:
-            upstream.breaker.record_success()
         return answer
 
 

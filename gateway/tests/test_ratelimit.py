@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY, generate_latest
 
 from gateway.app import create_app
 from gateway.config import GatewaySettings
@@ -101,3 +102,29 @@ def test_redis_down_fails_open_or_closed(tmp_path: Path) -> None:
             app.state.gateway.limiter = RedisRateLimiter("redis://127.0.0.1:1/0", 0.2)
             response = client.post("/v1/tabular/iris", json=IRIS, headers={"X-API-Key": key})
         assert response.status_code == expected, response.text
+
+
+def test_refusals_are_counted_by_limit_never_by_key_name(tmp_path: Path) -> None:
+    def refused(limit: str) -> float:
+        return REGISTRY.get_sample_value("modelgate_rate_limited_total", {"limit": limit}) or 0.0
+
+    settings = GatewaySettings(
+        api_keys_file=tmp_path / "keys.json", rate_limit_per_second=0.001, rate_limit_burst=1
+    )
+    store = FileKeyStore(settings.api_keys_file)
+    plain, _ = asyncio.run(store.create("acme-corp-default", ("*",)))
+    gold, _ = asyncio.run(store.create("globex-gold-plan", ("*",), rate=0.001, burst=2))
+    before = {"default": refused("default"), "key": refused("key")}
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"ok": True}))
+    with TestClient(create_app(settings, transport=transport)) as client:
+        codes = [
+            client.post("/v1/tabular/iris", json=IRIS, headers={"X-API-Key": key}).status_code
+            for key in (plain, plain, gold, gold, gold)
+        ]
+    assert codes == [200, 429, 200, 200, 429]
+    assert {"default": refused("default"), "key": refused("key")} == {
+        "default": before["default"] + 1,
+        "key": before["key"] + 1,
+    }
+    exposition = generate_latest(REGISTRY).decode()
+    assert "acme-corp-default" not in exposition and "globex-gold-plan" not in exposition

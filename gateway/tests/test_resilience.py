@@ -16,26 +16,148 @@ from gateway.resilience import CircuitBreaker, ReplicaResolver, RetryBudget
 IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
+def open_breaker(threshold: int = 1) -> CircuitBreaker:
+    """A breaker that has just opened, and whose next admission is its half-open probe."""
+    breaker = CircuitBreaker("x", failure_threshold=threshold, reset_seconds=0)
+    for _ in range(threshold):
+        admission = breaker.admit()
+        assert admission is not None
+        admission.failure()
+    assert breaker.state == "open"
+    return breaker
+
+
 def test_breaker_opens_probes_and_closes(monkeypatch: pytest.MonkeyPatch) -> None:
     breaker = CircuitBreaker("x", failure_threshold=3, reset_seconds=10)
     for _ in range(3):
-        assert breaker.allow()
-        breaker.record_failure()
-    assert breaker.state == "open" and not breaker.allow()
+        admission = breaker.admit()
+        assert admission is not None and not admission.probe
+        admission.failure()
+    assert breaker.state == "open" and breaker.admit() is None
     later = time.monotonic() + 11
     monkeypatch.setattr(time, "monotonic", lambda: later)
-    assert breaker.allow() and breaker.state == "half_open"
-    assert not breaker.allow()  # one probe at a time
-    breaker.record_success()
-    assert breaker.state == "closed" and breaker.allow()
+    probe = breaker.admit()
+    assert probe is not None and probe.probe and breaker.state == "half_open"
+    assert breaker.admit() is None  # one probe at a time
+    probe.success()
+    assert breaker.state == "closed" and breaker.admit() is not None
 
 
 def test_failed_probe_reopens() -> None:
-    breaker = CircuitBreaker("x", failure_threshold=1, reset_seconds=0)
-    breaker.record_failure()
-    assert breaker.allow() and breaker.state == "half_open"
-    breaker.record_failure()
+    breaker = open_breaker()
+    probe = breaker.admit()
+    assert probe is not None and breaker.state == "half_open"
+    probe.failure()
     assert breaker.state == "open"
+
+
+def test_probe_cancelled_mid_call_lets_the_next_call_probe() -> None:
+    breaker = open_breaker()
+
+    async def scenario() -> None:
+        started = asyncio.Event()
+
+        async def call() -> None:
+            probe = breaker.admit()
+            assert probe is not None and probe.probe
+            with probe:
+                started.set()
+                await asyncio.Event().wait()  # the upstream never answers; the client goes away
+                probe.success()
+
+        task = asyncio.create_task(call())
+        await started.wait()
+        assert breaker.admit() is None  # the probe is out
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert breaker.state == "half_open"
+    probe = breaker.admit()
+    assert probe is not None and probe.probe
+    probe.success()
+    assert breaker.state == "closed"
+
+
+def test_probe_ended_by_an_unrecorded_exception_lets_the_next_call_probe() -> None:
+    breaker = open_breaker()
+    probe = breaker.admit()
+    assert probe is not None
+    with pytest.raises(RuntimeError), probe:
+        raise RuntimeError("a bug between admission and outcome")
+    probe.success()  # after the probe was released: counts for nothing
+    assert breaker.state == "half_open"
+    assert breaker.admit() is not None
+
+
+def test_late_success_from_before_the_breaker_opened_does_not_close_it() -> None:
+    breaker = CircuitBreaker("x", failure_threshold=2, reset_seconds=3600)
+    slow = breaker.admit()
+    assert slow is not None
+    for _ in range(2):
+        admission = breaker.admit()
+        assert admission is not None
+        admission.failure()
+    assert breaker.state == "open"
+    slow.success()
+    assert breaker.state == "open" and breaker.admit() is None
+
+
+def test_late_outcomes_do_not_decide_the_half_open_probe() -> None:
+    breaker = CircuitBreaker("x", failure_threshold=1, reset_seconds=0)
+    before_open = breaker.admit()
+    failing = breaker.admit()
+    assert before_open is not None and failing is not None
+    failing.failure()
+    probe = breaker.admit()
+    assert probe is not None and breaker.state == "half_open"
+    before_open.success()
+    assert breaker.state == "half_open" and breaker.admit() is None  # still the probe's to decide
+    probe.failure()
+    assert breaker.state == "open"
+
+
+def test_late_failure_from_before_the_breaker_closed_does_not_count() -> None:
+    breaker = CircuitBreaker("x", failure_threshold=1, reset_seconds=0)
+    before_open = breaker.admit()
+    failing = breaker.admit()
+    assert before_open is not None and failing is not None
+    failing.failure()
+    probe = breaker.admit()
+    assert probe is not None
+    probe.success()
+    assert breaker.state == "closed"
+    before_open.failure()  # a threshold of one: counted, this would re-open it
+    assert breaker.state == "closed"
+
+
+def test_probe_that_raised_unmapped_error_does_not_wedge_the_gateway(
+    client: TestClient, all_key: str, services: Any
+) -> None:
+    """Through the real caller (UpstreamClient): an exception the client does not map, during the
+    half-open probe, must not leave the circuit refusing every later call."""
+    breaker = client.app.state.gateway.upstreams["tabular"].breaker  # type: ignore[attr-defined]
+    headers = {"X-API-Key": all_key}
+
+    def tabular(error: Exception) -> Any:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if services.service_of(request) == "tabular":
+                raise error
+            return services.default(request)
+
+        return handler
+
+    services.handler = tabular(httpx.ReadTimeout("slow"))
+    for _ in range(breaker.failure_threshold):
+        assert client.post("/v1/tabular/iris", json=IRIS, headers=headers).status_code == 504
+    assert breaker.state == "open"
+    breaker.reset_seconds = 0
+    services.handler = tabular(RuntimeError("transport bug"))
+    assert client.post("/v1/tabular/iris", json=IRIS, headers=headers).status_code == 500
+    services.handler = services.default
+    assert client.post("/v1/tabular/iris", json=IRIS, headers=headers).status_code == 200
+    assert breaker.state == "closed"
 
 
 def test_retry_budget_is_bounded() -> None:
@@ -48,7 +170,7 @@ def test_retry_budget_is_bounded() -> None:
 
 def test_open_circuit_answers_503_without_calling(client: TestClient, all_key: str, services: Any) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "tabular":
+        if services.service_of(request) == "tabular":
             raise httpx.ReadTimeout("slow")
         return services.default(request)
 
@@ -56,15 +178,16 @@ def test_open_circuit_answers_503_without_calling(client: TestClient, all_key: s
     headers = {"X-API-Key": all_key}
     for _ in range(5):
         assert client.post("/v1/tabular/iris", json=IRIS, headers=headers).status_code == 504
-    calls = len([r for r in services.requests if r.url.host == "tabular"])
+    calls = len([r for r in services.requests if services.service_of(r) == "tabular"])
     response = client.post("/v1/tabular/iris", json=IRIS, headers=headers)
     assert response.status_code == 503 and "circuit open" in response.json()["error"]["message"]
-    assert len([r for r in services.requests if r.url.host == "tabular"]) == calls
+    assert len([r for r in services.requests if services.service_of(r) == "tabular"]) == calls
     # Other upstreams are unaffected, and readiness names the open circuit.
     assert client.post("/v1/nlp/sentiment", json={"text": "ok"}, headers=headers).status_code == 200
     services.handler = services.default
-    ready = client.get("/health/ready").json()["error"]
-    assert {"component": "tabular", "status": "circuit open"} in ready["details"]
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+    assert ready.json()["checks"]["tabular"] == "circuit open"
 
 
 def test_refused_connection_is_retried(client: TestClient, all_key: str, services: Any) -> None:
@@ -108,7 +231,7 @@ def test_open_circuit_is_not_asked_for_its_index_but_keeps_its_models(
     directory.clock = lambda: now[0]
 
     def slow_tabular(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "tabular" and request.url.path.endswith("/infer"):
+        if services.service_of(request) == "tabular" and request.url.path.endswith("/infer"):
             raise httpx.ReadTimeout("slow")
         return services.default(request)
 
@@ -119,7 +242,7 @@ def test_open_circuit_is_not_asked_for_its_index_but_keeps_its_models(
         assert client.post("/v2/models/iris/infer", json=infer, headers=headers).status_code == 504
 
     def tabular_index_reads() -> int:
-        return len([r for r in services.sent("/v2/repository/index") if r.url.host == "tabular"])
+        return len([r for r in services.sent("/v2/repository/index") if services.service_of(r) == "tabular"])
 
     reads = tabular_index_reads()
     now[0] += 3  # past the directory's TTL: the next request re-reads every index but tabular's

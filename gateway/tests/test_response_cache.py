@@ -237,7 +237,7 @@ def test_an_open_circuit_skips_the_cache_and_never_probes_the_service(
     client, services, key = cached
     breaker = client.app.state.gateway.upstreams["tabular"].breaker  # type: ignore[attr-defined]
     for _ in range(breaker.failure_threshold):
-        breaker.record_failure()
+        breaker.admit().failure()
     assert breaker.state == "open"
     calls_before = services.predictions + services.catalogue_reads
     response = post(client, key, json.dumps(IRIS).encode())

@@ -5,9 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.deps import State
 from gateway.openapi_fragments import ServerLive, ServerReady, answer, errors
-from gateway.readiness import check_readiness, not_ready
+from gateway.readiness import readiness_for
 from modelgate_core.errors import ServiceUnavailable
 from modelgate_core.oip.types import ServerMetadata
 
@@ -30,11 +29,16 @@ async def server_live() -> ServerLive:
 
 @router.get(
     "/health/ready",
-    summary="Server readiness: every service, and Redis when configured",
+    summary="Server readiness: the gateway can serve at least one service",
+    description=(
+        "The same verdict as `/health/ready`: ready while at least one model service is ready (a down "
+        "service's models answer 503 on their own) and the gateway is not shutting down. "
+        "`/health/ready` names each component's status, Redis's included."
+    ),
     responses={**answer(ServerReady), **errors(503)},
 )
-async def server_ready(state: State) -> Response:
-    missing = not_ready(await check_readiness(state))
-    if missing:
-        raise ServiceUnavailable(f"Not ready: {', '.join(missing)}")
+async def server_ready(request: Request) -> Response:
+    report = await readiness_for(request.app)()
+    if not report.ready:
+        raise ServiceUnavailable(f"Not ready: {', '.join(report.not_ready()) or 'unknown'}")
     return Response(b'{"ready":true}', media_type="application/json")
