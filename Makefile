@@ -35,8 +35,9 @@ venv: $(STAMP) ## Create the virtual environment and install everything
 models: $(STAMP) ## Build every model artifact (cached outside the clone, keyed by its inputs)
 	$(PY) scripts/build_models.py
 
+# exec: make's child is the launcher itself (no shell between), so the signal make forwards reaches it.
 run: models ## Run the whole stack as local processes (gateway on :8000); Ctrl-C stops it
-	$(PY) scripts/devstack.py
+	exec $(PY) scripts/devstack.py
 
 test: models ## Install what is missing and run the whole test suite
 	bash scripts/ensure_test_services.sh

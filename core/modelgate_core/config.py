@@ -23,6 +23,9 @@ class CommonSettings(BaseSettings):
     # INFO lines (the access log) are written in batches this often, off the event loop; WARNING and
     # above at once. 0: every line at once (a SIGKILLed process otherwise loses at most this much).
     log_flush_seconds: float = Field(default=0.2, ge=0)
+    # After SIGTERM, keep serving this long with readiness 503 before the graceful shutdown starts, so a
+    # load balancer sees the 503 before the port closes. Keep it well under Gunicorn's GRACEFUL_TIMEOUT.
+    drain_seconds: float = Field(default=0.0, ge=0)
     # Largest JSON request body accepted, in bytes; enforced while reading, before parsing.
     max_json_bytes: int = Field(default=1_048_576, ge=1_024)
     # Set: the Gunicorn master serves Prometheus metrics (every worker's, aggregated) on this port, at

@@ -188,6 +188,9 @@ def error_response_for(exc: Exception, path: str) -> Response:
     the installed handlers and by plain-ASGI routes that answer before FastAPI's router."""
     oip = is_oip_path(path)
     if isinstance(exc, ModelGateError):
+        if oip and exc.status_code == 422:
+            # OIP has no 422: content that does not fit the model (a damaged image...) is a 400 there.
+            return error_response(400, "bad_request", exc.message, exc.details, exc.headers, oip=True)
         return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers, oip=oip)
     if isinstance(exc, RequestValidationError):
         details = _validation_details(exc.errors())

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import signal
+import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
+from modelgate_core.config import CommonSettings
 from modelgate_core.logging import logging_config
 
 bind = os.environ.get("BIND", "0.0.0.0:8000")
@@ -31,19 +37,131 @@ logconfig_dict = logging_config(
     os.environ.get("SERVICE_NAME", "modelgate"),
     os.environ.get("LOG_LEVEL", "INFO").upper(),
     os.environ.get("LOG_JSON", "true").lower() not in ("0", "false", "no"),
+    float(os.environ.get("LOG_FLUSH_SECONDS") or "0.2"),
 )
+
+
+# The temporary directories this master made (and only those): removed when it exits.
+_made_dirs: list[Path] = []
 
 
 def on_starting(server: Any) -> None:
     """Give the workers an empty Prometheus multiprocess directory (metrics are per process group)
     and a model control directory of their own (how they agree on load/unload calls)."""
     if not os.environ.get("MODEL_CONTROL_DIR"):
-        os.environ["MODEL_CONTROL_DIR"] = tempfile.mkdtemp(prefix="modelgate-control-")
+        os.environ["MODEL_CONTROL_DIR"] = _make_temporary_dir("modelgate-control-")
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path:
-        path = tempfile.mkdtemp(prefix="modelgate-metrics-")
+        path = _make_temporary_dir("modelgate-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     prepare_metrics_dir(Path(path))
+
+
+def _make_temporary_dir(prefix: str) -> str:
+    path = tempfile.mkdtemp(prefix=prefix)
+    _made_dirs.append(Path(path))
+    return path
+
+
+def on_exit(server: Any) -> None:
+    """Remove the directories `on_starting` made; a directory named by the environment is not ours."""
+    if getattr(server, "reexec_pid", 0):
+        # A new master (USR2) inherited them through its environment and still uses them.
+        return
+    while _made_dirs:
+        shutil.rmtree(_made_dirs.pop(), ignore_errors=True)
+
+
+# Set by a launcher (scripts/devstack.py) to an inherited fd: the read end of a pipe whose write end
+# only the launcher holds, so reading it sees EOF once the launcher is gone, however it ended.
+LIFELINE_ENV = "MODELGATE_PARENT_PIPE_FD"
+
+
+def when_ready(server: Any) -> None:
+    """Stop this master when the launcher that named a lifeline goes (see `watch_launcher`), and serve
+    metrics on `METRICS_PORT` when it is set (see `serve_metrics`)."""
+    watch_launcher()
+    serve_metrics(server.cfg.bind)
+
+
+def watch_launcher() -> threading.Thread | None:
+    """Watch the lifeline `LIFELINE_ENV` names, if any, from a thread: at EOF the master sends itself
+    SIGTERM, its usual graceful stop. A SIGKILLed launcher cannot stop its servers itself, and one that
+    is gone must not leave them holding their ports.
+
+    Called once signal handlers are in place (`when_ready`), so the SIGTERM is handled, not fatal.
+    """
+    value = os.environ.pop(LIFELINE_ENV, "")  # not for workers, nor for a re-executed master
+    if not value:
+        return None
+    log = logging.getLogger("modelgate.lifecycle")
+    try:
+        fd = int(value)
+        is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except (ValueError, OSError):
+        is_pipe = False
+    if not is_pipe:
+        log.warning(
+            "not a pipe: the launcher is not watched", extra={"variable": LIFELINE_ENV, "value": value}
+        )
+        return None
+    os.set_inheritable(fd, False)
+    master = os.getpid()
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 4096):
+                pass  # the launcher never writes; EOF is the message
+        except OSError:
+            pass
+        log.warning("the launcher is gone: stopping")
+        os.kill(master, signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="launcher-lifeline", daemon=True)
+    thread.start()
+    return thread
+
+
+# The master's metrics server, when it runs one (see `serve_metrics`).
+_metrics_servers: list[WSGIServer] = []
+
+
+def serve_metrics(binds: list[str]) -> WSGIServer | None:
+    """Serve every worker's metrics, summed over the process group, on `METRICS_PORT` at the address
+    of the first of `binds` (Gunicorn's), from a thread of the master; None when it is not set.
+
+    The master, not a worker: it sees the whole group's sample files, and it is the one process that
+    lives as long as the group does. Workers then answer 404 on `/metrics` (`health_router`).
+    """
+    port = CommonSettings().metrics_port
+    if port is None:
+        return None
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    address = metrics_address(binds[0] if binds else "")
+    httpd, _ = start_http_server(port, addr=address, registry=registry)
+    _metrics_servers.append(httpd)
+    logging.getLogger("modelgate.lifecycle").info("serving metrics", extra={"address": address, "port": port})
+    return httpd
+
+
+def metrics_address(bind_address: str) -> str:
+    """The host of a Gunicorn bind (`host:port`, `[v6]:port`), so the metrics port is reachable from
+    where the public one is: every interface for a bare port (as Gunicorn reads one), this machine
+    only for a UNIX socket or an inherited fd (a proxy on this machine is the only client there)."""
+    if bind_address.startswith(("unix:", "fd://")):
+        return "127.0.0.1"
+    host, separator, _ = bind_address.rpartition(":")
+    return host.strip("[]") if separator and host else "0.0.0.0"
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """A worker closes its copy of the master's metrics socket, so the port is free once the master
+    is gone, even while a worker lingers."""
+    for httpd in _metrics_servers:
+        httpd.socket.close()
 
 
 # Left in a metrics directory ModelGate made, so that a later start knows its files are ours to clear.

@@ -97,22 +97,41 @@ class SharedCheck(Generic[T]):
 
 class Drain:
     """Turns readiness to 503 as soon as the process is told to stop (SIGTERM), while the server
-    finishes its in-flight requests, so load balancers stop sending new ones first."""
+    finishes its in-flight requests, so load balancers stop sending new ones first.
 
-    def __init__(self) -> None:
+    With `delay_seconds`, the server keeps accepting and answering new requests that long after the
+    SIGTERM (readiness 503 all along) before its graceful shutdown starts: a load balancer only learns
+    of the 503 at its next readiness probe, and until then it still sends requests, which would
+    otherwise find the port closed. A second SIGTERM starts the shutdown at once.
+    """
+
+    def __init__(self, delay_seconds: float = 0.0) -> None:
         self.draining = False
+        self.delay_seconds = delay_seconds
 
     def watch_sigterm(self) -> None:
         """Chain onto the current SIGTERM handler (Uvicorn's graceful shutdown); call in the lifespan."""
         if threading.current_thread() is not threading.main_thread():
             return  # signals only reach the main thread (in-process test clients run elsewhere)
         previous = signal.getsignal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
 
-        def on_sigterm(signum: int, frame: FrameType | None) -> None:
-            self.draining = True
-            logger.info("SIGTERM received: draining in-flight requests")
+        def shut_down(signum: int, frame: FrameType | None) -> None:
             if callable(previous):
                 previous(signum, frame)
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            first = not self.draining
+            self.draining = True
+            if first and self.delay_seconds > 0:
+                logger.info(
+                    "SIGTERM received: readiness is 503, still serving before draining",
+                    extra={"drain_seconds": self.delay_seconds},
+                )
+                loop.call_later(self.delay_seconds, shut_down, signum, frame)
+                return
+            logger.info("SIGTERM received: draining in-flight requests")
+            shut_down(signum, frame)
 
         signal.signal(signal.SIGTERM, on_sigterm)
 

@@ -1,14 +1,25 @@
 """The Gunicorn start-up hook: a metrics directory of its own for each process group, and never the
-deletion of anything ModelGate did not write there."""
+deletion of anything ModelGate did not write there; the exit hook removes what the master made."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from modelgate_core.gunicorn_conf import METRICS_MARKER, on_starting
+import modelgate_core.gunicorn_conf
+from modelgate_core.gunicorn_conf import LIFELINE_ENV, METRICS_MARKER, on_exit, on_starting
+
+CONFIG = Path(modelgate_core.gunicorn_conf.__file__)
 
 
 def test_a_foreign_directory_is_never_emptied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,5 +53,96 @@ def test_without_a_setting_each_start_gets_a_fresh_directory(monkeypatch: pytest
     monkeypatch.setattr(os, "environ", environ)
     on_starting(None)
     made = Path(environ["PROMETHEUS_MULTIPROC_DIR"])
-    assert made.is_dir() and [p.name for p in made.iterdir()] == [METRICS_MARKER]
-    assert Path(environ["MODEL_CONTROL_DIR"]).is_dir()
+    control = Path(environ["MODEL_CONTROL_DIR"])
+    try:
+        assert made.is_dir() and [p.name for p in made.iterdir()] == [METRICS_MARKER]
+        assert control.is_dir()
+    finally:
+        on_exit(None)
+    assert not made.exists() and not control.exists()
+
+
+APP = """
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+@contextmanager
+def gunicorn(
+    tmp_path: Path, env: dict[str, str], pass_fds: tuple[int, ...] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Gunicorn master on the shared config serving a trivial app; yielded once it answers."""
+    (tmp_path / "tinyapp.py").write_text(APP)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "MODEL_CONTROL_DIR")}
+    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(CONFIG), "--chdir", str(tmp_path), "tinyapp:app"],
+        env={**base, "BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1", **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        pass_fds=pass_fds,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
+                time.sleep(0.1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        log.close()
+
+
+def test_the_master_removes_the_directories_it_made_when_it_exits(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"  # where mkdtemp makes them, so this test sees exactly those
+    tmp.mkdir()
+    with gunicorn(tmp_path, {"TMPDIR": str(tmp)}) as proc:
+        made = sorted(p.name.rsplit("-", 1)[0] for p in tmp.iterdir())
+        assert made == ["modelgate-control", "modelgate-metrics"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert list(tmp.iterdir()) == []
+
+
+def test_directories_named_by_the_environment_outlive_the_master(tmp_path: Path) -> None:
+    tmp, metrics, control = tmp_path / "tmp", tmp_path / "metrics", tmp_path / "control"
+    for folder in (tmp, metrics, control):
+        folder.mkdir()
+    env = {"TMPDIR": str(tmp), "PROMETHEUS_MULTIPROC_DIR": str(metrics), "MODEL_CONTROL_DIR": str(control)}
+    with gunicorn(tmp_path, env) as proc:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert (metrics / METRICS_MARKER).is_file() and control.is_dir()
+    assert list(tmp.iterdir()) == []
+
+
+def test_the_master_stops_when_its_launcher_is_gone(tmp_path: Path) -> None:
+    # The launcher holds the write end; its death, even by SIGKILL, closes it: here we close it.
+    lifeline, keep = os.pipe()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    try:
+        with gunicorn(tmp_path, {"TMPDIR": str(tmp), LIFELINE_ENV: str(lifeline)}, (lifeline,)) as proc:
+            assert proc.poll() is None  # up and answering, so past when_ready: the watch is on
+            os.close(keep)
+            keep = -1
+            assert proc.wait(30) == 0  # a graceful stop, so the exit hook ran too
+    finally:
+        os.close(lifeline)
+        if keep >= 0:
+            os.close(keep)
+    assert "the launcher is gone" in (tmp_path / "gunicorn.log").read_text()
+    assert list(tmp.iterdir()) == []

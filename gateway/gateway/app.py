@@ -103,7 +103,7 @@ def create_app(
         settings.service_name, settings.log_level, settings.log_json, settings.log_flush_seconds
     )
     upstreams = build_upstreams(settings)
-    drain = Drain()
+    drain = Drain(settings.drain_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

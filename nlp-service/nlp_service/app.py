@@ -13,12 +13,21 @@ from nlp_service.text_runtime import TextClassificationRuntime
 
 class NlpSettings(NeuralServiceSettings):
     service_name: str = "nlp-service"
+    # What a text longer than the model reads (its max_length tokens) gets: cut to fit, with
+    # `truncated: true` in the answer (true), or refused with 422 on /v1, 400 on /v2 (false). A model's
+    # `"truncate"` in its model-settings.json parameters overrides this for that model.
+    nlp_truncate: bool = True
 
 
 def create_app(settings: NlpSettings | None = None) -> FastAPI:
     """Build the app; models load in its lifespan, not here."""
     settings = settings or NlpSettings()
-    runtime = partial(TextClassificationRuntime, backend=settings.runtime, threads=settings.torch_threads)
+    runtime = partial(
+        TextClassificationRuntime,
+        backend=settings.runtime,
+        threads=settings.torch_threads,
+        truncate=settings.nlp_truncate,
+    )
     repository = settings.repository("nlp", {"text-classification": runtime})
     return create_service_app(
         title="ModelGate nlp-service",

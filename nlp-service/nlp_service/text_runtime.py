@@ -3,10 +3,12 @@
 The folder's tokenizer always tokenises; the network is its ONNX graph (`parameters.onnx_file`) or
 its torch weights. Texts are tokenised together in `predict`, so a merged batch is padded to its
 longest text only, and texts longer than `max_length` tokens are cut, with a `truncated` flag per
-row so that no request loses words silently.
+row so that no request loses words silently; or, with truncation off (the service's NLP_TRUNCATE=false,
+or `"truncate": false` for one model), refused with `TextTooLong`, naming the text and the limit.
 
     {"runtime": "text-classification",
-     "parameters": {"onnx_file": "model.onnx", "max_length": 128, "labels": ["negative", "positive"]}}
+     "parameters": {"onnx_file": "model.onnx", "max_length": 128, "labels": ["negative", "positive"],
+                    "truncate": true}}
 """
 
 from __future__ import annotations
@@ -89,6 +91,30 @@ def _decode_text(element: object, row: int) -> str:
     return text
 
 
+def _bool_parameter(parameters: Parameters, name: str, default: bool) -> bool:
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"parameters.{name} must be true or false, got {value!r}")
+    return value
+
+
+class TextTooLong(BadRequest):
+    """A text longer than the model reads, where truncation is off.
+
+    A 400, as OIP answers every input that does not fit the model; the `/v1/nlp` routes answer it as
+    their other invalid input, a 422 naming the field.
+    """
+
+    def __init__(self, row: int, tokens: int, max_length: int) -> None:
+        self.row = row
+        self.tokens = tokens
+        self.max_length = max_length
+        super().__init__(
+            f"text[{row}] is {tokens} tokens long; the model reads at most {max_length} tokens "
+            "and truncation is off, so it is refused rather than cut"
+        )
+
+
 class TextClassificationRuntime(ModelRuntime):
     """A sequence classifier: `text` BYTES [-1] in; `label`, `score`, `probabilities`, `truncated` out."""
 
@@ -96,13 +122,18 @@ class TextClassificationRuntime(ModelRuntime):
     # Preprocessing checks the tensors, postprocessing picks outputs: cheaper than a thread hand-off.
     light_steps = True
 
-    def __init__(self, context: ModelContext, *, backend: Backend = "onnx", threads: int = 1) -> None:
+    def __init__(
+        self, context: ModelContext, *, backend: Backend = "onnx", threads: int = 1, truncate: bool = True
+    ) -> None:
         super().__init__(context)
         self.requested_backend: Backend = backend
         self.backend: Backend = backend
         self.threads = threads
         self.labels: list[str] = []
         self.max_length = DEFAULT_MAX_LENGTH
+        # The service's default (NLP_TRUNCATE); the model's `parameters.truncate` overrides it in `load`.
+        self.default_truncate = truncate
+        self.truncate = truncate
         # A fast tokenizer is not safe to call from two threads at once ("Already borrowed").
         self._tokenizer_lock = threading.Lock()
         self._tokenizer: Any = None
@@ -122,6 +153,7 @@ class TextClassificationRuntime(ModelRuntime):
         self.max_length = _int_parameter(
             parameters, "max_length", int(manifest_extra.get("max_length", DEFAULT_MAX_LENGTH))
         )
+        self.truncate = _bool_parameter(parameters, "truncate", self.default_truncate)
         self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self.labels = self._read_labels(parameters)
         onnx_file = parameters.get("onnx_file")
@@ -208,6 +240,11 @@ class TextClassificationRuntime(ModelRuntime):
                 texts, padding=True, truncation=True, max_length=self.max_length, return_tensors=tensor_type
             )
         truncated = self._truncated_rows(texts, encoded)
+        if not self.truncate and truncated.any():
+            # Refused before the network runs. In a merged batch the served version then runs each
+            # request alone, so that the row named is the sender's own and only its request fails.
+            row = int(truncated.argmax())
+            raise TextTooLong(row, self._token_count(texts[row]), self.max_length)
         if self.backend == "onnx":
             feed = {name: encoded[name] for name in self._feed_names}
             probabilities = _softmax(self._session.run([self._output_name], feed)[0])
@@ -225,6 +262,11 @@ class TextClassificationRuntime(ModelRuntime):
         with self._tokenizer_lock:
             lengths = [len(ids) for ids in self._tokenizer(list(texts), truncation=False)["input_ids"]]
         return np.array([length > self.max_length for length in lengths], dtype=np.bool_)
+
+    def _token_count(self, text: str) -> int:
+        """Tokens in `text` uncut, special ones included (as `max_length` counts them)."""
+        with self._tokenizer_lock:
+            return len(self._tokenizer(text, truncation=False, verbose=False)["input_ids"])
 
     def postprocess(self, outputs: Tensors, parameters: Parameters) -> Tensors:
         probabilities = np.asarray(outputs["probabilities"], dtype=np.float32)
@@ -251,5 +293,6 @@ class TextClassificationRuntime(ModelRuntime):
             "backend": self.backend,
             "labels": self.labels,
             "max_length": self.max_length,
+            "truncate": self.truncate,
             "artifact_version": self.artifact_version(),
         }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,6 +104,37 @@ def test_batch_matches_single_predictions(client: TestClient) -> None:
         assert single["score"] == pytest.approx(result["score"], abs=1e-3)
 
 
+# Far over the built-in model's 64 tokens, well under the schema's 5000 characters.
+LONG = " ".join(["The service was slow but the food was really wonderful and I loved it."] * 20)
+
+
+def oip_texts(*items: str) -> dict[str, Any]:
+    return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(items)], "data": list(items)}]}
+
+
+def oip_output(response: Any, name: str) -> list[Any]:
+    assert response.status_code == 200, response.text
+    (output,) = [o for o in response.json()["outputs"] if o["name"] == name]
+    return list(output["data"])
+
+
+def test_a_long_text_is_cut_and_flagged(client: TestClient) -> None:
+    """By default a text longer than the model reads is cut to fit, and the answer says so."""
+    long = client.post(SINGLE, json={"text": LONG})
+    assert long.status_code == 200, long.text
+    assert long.json()["truncated"] is True and long.json()["label"] == "positive"
+    short = client.post(SINGLE, json={"text": POSITIVE[0]})
+    assert short.status_code == 200, short.text
+    assert short.json()["truncated"] is False
+    batch = client.post(BATCH, json={"texts": [NEGATIVE[0], LONG]})
+    assert [r["truncated"] for r in batch.json()["results"]] == [False, True]
+    # The same flag over OIP, as a BOOL output.
+    answer = client.post("/v2/models/sentiment/infer", json=oip_texts(NEGATIVE[0], LONG))
+    assert oip_output(answer, "truncated") == [False, True]
+    (output,) = [o for o in answer.json()["outputs"] if o["name"] == "truncated"]
+    assert output["datatype"] == "BOOL"
+
+
 def test_longest_texts_are_accepted(client: TestClient) -> None:
     """5000 characters (the limit) are truncated to the model's length, not refused."""
     text = ("I love it. " * 500)[:5000]
@@ -183,6 +216,73 @@ def test_model_is_listed(client: TestClient) -> None:
     assert model["name"] == "sentiment"
     assert model["state"] == "READY"
     assert model["domain"] == "nlp"
+
+
+# --- NLP_TRUNCATE=false: too long is refused, not cut ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strict() -> Iterator[TestClient]:
+    settings = NlpSettings(model_repository=MODELS, nlp_truncate=False, torch_threads=1, log_json=False)
+    with started(settings) as client:
+        yield client
+
+
+def test_truncation_off_refuses_a_long_text_with_422(strict: TestClient) -> None:
+    error = assert_error(strict.post(SINGLE, json={"text": LONG}), 422, "validation_error")
+    assert "The text is" in error["message"] and "at most 64 tokens" in error["message"]
+    assert fields(error) == ["text"]
+    assert "wonderful" not in str(error)  # the input is not echoed back
+    # What fits is answered as ever.
+    short = strict.post(SINGLE, json={"text": POSITIVE[0]})
+    assert short.status_code == 200, short.text
+    assert short.json()["truncated"] is False and short.json()["label"] == "positive"
+
+
+def test_truncation_off_names_the_long_text_of_a_batch(strict: TestClient) -> None:
+    error = assert_error(strict.post(BATCH, json={"texts": [POSITIVE[0], NEGATIVE[0], LONG]}), 422)
+    assert fields(error) == ["texts.2"]
+    assert "texts[2] is" in error["message"] and "at most 64 tokens" in error["message"]
+
+
+def test_truncation_off_is_400_over_oip(strict: TestClient) -> None:
+    """OIP answers an input that does not fit the model with 400, in its own error shape."""
+    response = strict.post("/v2/models/sentiment/infer", json=oip_texts(POSITIVE[0], LONG))
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert isinstance(body["error"], str) and body["code"] == "bad_request"
+    assert "text[1] is" in body["error"] and "at most 64 tokens" in body["error"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    metadata = strict.get("/v2/models/sentiment").json()
+    assert metadata["parameters"]["truncate"] is False
+
+
+def test_nlp_truncate_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NLP_TRUNCATE", "false")
+    assert NlpSettings().nlp_truncate is False
+    monkeypatch.setenv("NLP_TRUNCATE", "")  # empty counts as unset
+    assert NlpSettings().nlp_truncate is True
+
+
+def test_a_model_can_refuse_long_texts_on_its_own(tmp_path: Path) -> None:
+    """`"truncate": false` in one model's parameters, the service left at its default."""
+    built = MODELS / "sentiment" / "1"
+    folder = tmp_path / "sentiment" / "1"
+    folder.mkdir(parents=True)
+    # Without the manifest, which pins the settings file's hash: the folder is the user's own now.
+    for path in built.iterdir():
+        if path.name not in ("model-settings.json", "manifest.json"):
+            # Hard links, not symbolic ones (the repository refuses files that point outside the folder).
+            try:
+                os.link(path, folder / path.name)
+            except OSError:
+                shutil.copy2(path, folder / path.name)
+    settings = json.loads((built / "model-settings.json").read_text())
+    settings["parameters"]["truncate"] = False
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+    with started(NlpSettings(model_repository=tmp_path, torch_threads=1, log_json=False)) as client:
+        error = assert_error(client.post(SINGLE, json={"text": LONG}), 422, "validation_error")
+        assert "at most 64 tokens" in error["message"]
 
 
 # --- Readiness ---------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ The folder is `models/sentiment/1` as `make models` writes it (MODEL_REPOSITORY 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -14,10 +16,12 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from modelgate_core.batching import BatchPolicy
 from modelgate_core.errors import BadRequest
 from modelgate_core.repository.runtime import ModelContext
+from modelgate_core.repository.served import ServedVersion
 from modelgate_core.repository.settings import SETTINGS_FILE, ModelSettings, read_settings
-from nlp_service.text_runtime import TextClassificationRuntime
+from nlp_service.text_runtime import TextClassificationRuntime, TextTooLong
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = Path(os.environ.get("MODEL_REPOSITORY") or REPO / "models")
@@ -228,3 +232,74 @@ def test_blank_means_what_the_v1_schema_means(onnx_runtime: Runtime) -> None:
         if accepted != taken:
             disagree.append(hex(codepoint))
     assert disagree == []
+
+
+# --- Truncation off: a text longer than the model reads is refused -----------------------------------
+
+
+def strict(folder: Path, **changes: Any) -> Runtime:
+    """The runtime as a service with NLP_TRUNCATE=false builds it (the model's parameters may differ)."""
+    runtime = Runtime(context_of(folder, with_parameters(folder, **changes)), truncate=False)
+    runtime.load()
+    return runtime
+
+
+def test_truncation_off_refuses_a_long_text_naming_it(folder: Path) -> None:
+    runtime = strict(folder)
+    assert runtime.truncate is False and runtime.describe()["truncate"] is False
+    tokens = len(AutoTokenizer.from_pretrained(folder, local_files_only=True)(LONG_TEXT)["input_ids"])
+    assert tokens > runtime.max_length == 64
+    with pytest.raises(TextTooLong) as caught:
+        infer(runtime, "I love this", LONG_TEXT)
+    error = caught.value
+    assert error.status_code == 400  # what OIP answers for an input that does not fit the model
+    assert (error.row, error.tokens, error.max_length) == (1, tokens, 64)
+    assert f"text[1] is {tokens} tokens long; the model reads at most 64 tokens" in error.message
+    # What fits is still answered, and nothing was cut.
+    out = infer(runtime, "I love this", "this is awful")
+    assert out["label"].tolist() == [b"positive", b"negative"]
+    assert out["truncated"].tolist() == [False, False]
+
+
+def test_a_text_of_exactly_max_length_tokens_is_not_too_long(folder: Path) -> None:
+    runtime = strict(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    ids = tokenizer(LONG_TEXT, truncation=True, max_length=64)["input_ids"]
+    exact = tokenizer.decode(ids[1:-1])
+    assert len(tokenizer(exact)["input_ids"]) == 64
+    assert infer(runtime, exact)["truncated"].tolist() == [False]
+    with pytest.raises(TextTooLong):
+        infer(runtime, exact + " and more")
+
+
+def test_the_models_parameter_overrides_the_services_default(folder: Path) -> None:
+    """`"truncate"` in model-settings.json wins over the service's NLP_TRUNCATE, either way."""
+    assert infer(strict(folder, truncate=True), LONG_TEXT)["truncated"].tolist() == [True]
+    runtime = Runtime(context_of(folder, with_parameters(folder, truncate=False)), truncate=True)
+    runtime.load()
+    with pytest.raises(TextTooLong, match=r"text\[0\]"):
+        infer(runtime, LONG_TEXT)
+
+
+@pytest.mark.parametrize("truncate", ["false", 0, None])
+def test_a_bad_truncate_fails_the_load(folder: Path, truncate: object) -> None:
+    with pytest.raises(ValueError, match=r"parameters\.truncate must be true or false"):
+        loaded(folder, "onnx", with_parameters(folder, truncate=truncate))
+
+
+async def test_in_a_merged_batch_only_the_long_texts_request_fails(
+    folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two requests merged into one model call (the batch closes when their 4 texts are in): the one
+    with the long text gets the error, naming its own row (1, not the merged batch's 3); the other
+    gets its answer."""
+    caplog.set_level(logging.INFO, logger="modelgate.model")
+    served = ServedVersion(strict(folder), batching=BatchPolicy(max_batch_size=4, max_wait_ms=60_000))
+    fine, long = await asyncio.gather(
+        served.infer(texts(SENTENCES[0], SENTENCES[1])),
+        served.infer(texts(SENTENCES[2], LONG_TEXT)),
+        return_exceptions=True,
+    )
+    assert "merged batch failed" in caplog.text  # they did share one call
+    assert isinstance(fine, dict) and fine["label"].tolist() == [LABELLED[t] for t in SENTENCES[:2]]
+    assert isinstance(long, TextTooLong) and long.row == 1

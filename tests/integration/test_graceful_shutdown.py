@@ -119,7 +119,9 @@ def read_head(conn: socket.socket) -> bytes:
     return head.removesuffix(b"\r\n\r\n")
 
 
-def one_process(stack: LocalStack, run_dir: Path, name: str, **ports: int) -> LocalStack:
+def one_process(
+    stack: LocalStack, run_dir: Path, name: str, env: dict[str, str] | None = None, **ports: int
+) -> LocalStack:
     """A second copy of one process of `stack`, on ports of its own, so the shared stack is not
     disturbed; it reads the shared stack's keys. Started and ready."""
     copy = LocalStack(
@@ -131,6 +133,7 @@ def one_process(stack: LocalStack, run_dir: Path, name: str, **ports: int) -> Lo
             # Readiness asks the services on every call, and waits for a held one.
             "READINESS_CACHE_SECONDS": "0",
             "READINESS_TIMEOUT": "60",
+            **(env or {}),
         },
     )
     copy.start(name)
@@ -209,3 +212,33 @@ def test_service_answers_a_request_in_flight_at_sigterm(stack: LocalStack, tmp_p
     headers = dict(line.lower().split(": ", 1) for line in header_lines)
     assert status_line == "HTTP/1.1 200 OK" and headers["connection"] == "close", head
     assert_positive_batch(httpx.Response(200, headers=headers, content=body))
+
+
+def test_with_a_drain_delay_new_requests_are_still_answered_while_readiness_says_draining(
+    stack: LocalStack, api_key: str, tmp_path: Path
+) -> None:
+    """DRAIN_SECONDS: after SIGTERM the port stays open, readiness is 503 at once, new requests (on new
+    connections, as a load balancer that has not probed yet sends them) still get their answers, then
+    the process exits by itself."""
+    gateway = one_process(stack, tmp_path, "gateway", {"DRAIN_SECONDS": "30"})
+    proc: subprocess.Popen[bytes] = gateway.processes["gateway"]
+    url = gateway.url("gateway")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while (ready := httpx.get(f"{url}/health/ready", timeout=10)).status_code == 200:
+            assert time.monotonic() < deadline, "readiness never turned 503 after SIGTERM"
+        answer = httpx.post(
+            f"{url}/v1/nlp/sentiment/batch",
+            content=BATCH,
+            headers={"content-type": "application/json", "X-API-Key": api_key},
+            timeout=60,
+        )
+        assert proc.poll() is None  # still serving: the drain delay has not run out
+        proc.send_signal(signal.SIGTERM)  # a second SIGTERM starts the shutdown at once
+        assert proc.wait(60) == 0
+    finally:
+        gateway.stop_all()
+    assert ready.status_code == 503
+    assert ready.json()["error"]["details"] == [{"component": "process", "status": "draining"}]
+    assert_positive_batch(answer)

@@ -5,12 +5,16 @@ The folder is `models/imagenet/1` as `make models` writes it (MODEL_REPOSITORY p
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import numpy as np
 import pytest
 import torch
@@ -19,7 +23,9 @@ from PIL import Image
 from modelgate_core.artifacts import Manifest
 from modelgate_core.errors import BadRequest, ModelGateError, Unprocessable, UnsupportedMediaType
 from modelgate_core.repository.runtime import ModelContext
+from modelgate_core.repository.served import ServedVersion
 from modelgate_core.repository.settings import SETTINGS_FILE, ModelSettings, read_settings
+from vision_service.decode import DecodeBudget
 from vision_service.image_runtime import ImageClassificationRuntime
 from vision_service.network import load_efficientnet
 
@@ -267,3 +273,89 @@ def test_bad_settings_fail_the_load_with_a_reason(
 ) -> None:
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         loaded(folder, "onnx", with_parameters(folder, **changes))
+
+
+# --- Decoding outside the model's slot, within the worker's budget -----------------------------------
+
+
+class Probed(ImageClassificationRuntime):
+    """The real runtime with a probe: once armed, its next model call waits (at most `patience` s) for
+    another request's image to finish decoding, and records whether one did while it ran."""
+
+    def __init__(self, context: ModelContext, patience: float) -> None:
+        super().__init__(context, threads=1)
+        self.patience = patience
+        self.armed = False
+        self.in_model = threading.Event()
+        self.decoded_meanwhile = threading.Event()
+        self.overlapped: bool | None = None
+
+    def preprocess(self, inputs: Any, parameters: Any) -> Any:
+        prepared = super().preprocess(inputs, parameters)
+        if self.in_model.is_set():
+            self.decoded_meanwhile.set()
+        return prepared
+
+    def predict(self, batch: Any) -> Any:
+        if self.armed:
+            self.armed = False
+            self.in_model.set()
+            self.overlapped = self.decoded_meanwhile.wait(self.patience)
+            self.in_model.clear()
+        return super().predict(batch)
+
+
+class ProbedInTheSlot(Probed):
+    """The same, with every step in the model's slot, as a runtime with light steps has them."""
+
+    light_steps = True
+
+
+async def overlap_of(runtime: Probed) -> bool | None:
+    """Two requests through the served version (one model slot): whether the second's image was
+    decoded while the model ran the first."""
+    runtime.load()
+    runtime.armed = True
+    served = ServedVersion(runtime, max_concurrency=1)
+    coffee, chelsea = photos()[:2]
+    first = asyncio.create_task(served.infer(images(coffee), {}))
+    assert await anyio.to_thread.run_sync(runtime.in_model.wait, 60), "the first request never ran"
+    second = await served.infer(images(chelsea), {})
+    assert (await first)["class_id"][0, 0] == ESPRESSO
+    assert second["class_id"].shape == (1, 5)
+    return runtime.overlapped
+
+
+async def test_an_image_decodes_while_the_model_runs_another(folder: Path) -> None:
+    """The served version runs `preprocess` (the decode) outside the model's slot: the second request's
+    image is decoded while the first holds the slot. Were the decode inside it, the second could not
+    start until the model had finished, and the probe would wait its full patience in vain."""
+    assert await overlap_of(Probed(context_of(folder), patience=60)) is True
+
+
+async def test_the_probe_sees_a_decode_that_waits_for_the_slot(folder: Path) -> None:
+    """The probe's counter-check: with every step inside the slot it finds no overlap."""
+    assert await overlap_of(ProbedInTheSlot(context_of(folder), patience=1)) is False
+
+
+def wait_for(condition: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)
+
+
+def test_a_decode_waits_for_the_workers_budget(folder: Path) -> None:
+    """The runtime decodes within the budget it is given (the service gives one to all its models)."""
+    budget = DecodeBudget(1_000_000)
+    runtime = Runtime(context_of(folder), threads=1, decode_budget=budget)
+    runtime.load()
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(runtime.preprocess(images(photos()[0]), {})))
+    with budget.hold(budget.capacity):
+        worker.start()
+        wait_for(lambda: budget.waiting == 1, "the decode waited for the budget")
+        assert not done
+    worker.join(60)
+    assert done and done[0]["image"].shape == (1, 3, 224, 224)
+    assert budget.held == 0 and budget.waiting == 0

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
+import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +19,7 @@ from starlette.testclient import TestClient
 from modelgate_core.testing import wait_until_ready
 from vision_service.app import VisionSettings, create_app
 from vision_service.decode import decode_image
+from vision_service.image_runtime import DEFAULT_MAX_PIXELS
 
 REPO = Path(__file__).resolve().parents[2]
 # The built models; MODEL_REPOSITORY (as the services read it) points elsewhere.
@@ -68,6 +72,43 @@ def assert_error(response: Any, status: int, code: str | None = None) -> dict[st
     if code:
         assert error["code"] == code
     return error
+
+
+def assert_oip_error(response: Any, status: int) -> str:
+    """OIP's error shape on `/v2`: the message is a string."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert isinstance(body["error"], str) and body["error"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return str(body["error"])
+
+
+def png(width: int, height: int, mode: str = "RGB") -> bytes:
+    """A real PNG of a smooth gradient: many pixels, a small file (zlib at its strongest)."""
+    buffer = io.BytesIO()
+    Image.linear_gradient("L").resize((width, height)).convert(mode).save(buffer, "PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+def _peak_rss_mib() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+@contextmanager
+def peak_memory() -> Iterator[list[float]]:
+    """The growth of this process's peak resident memory over the block, in MiB (in the list it yields).
+
+    Pillow allocates pixels with C's malloc, which tracemalloc does not see; the kernel's high-water
+    mark does, and writing 5 to clear_refs resets it to the current size first.
+    """
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads the peak resident memory from Linux's /proc")
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _peak_rss_mib()
+    growth: list[float] = []
+    yield growth
+    growth.append(_peak_rss_mib() - before)
 
 
 def assert_espresso(body: dict[str, Any], top_k: int = 5) -> None:
@@ -177,6 +218,70 @@ def test_decompression_bomb_is_refused(client: TestClient) -> None:
     assert "pixels" in error["message"]
 
 
+# A 39-megapixel PNG: about 130 kB, far under the 10 MB upload limit, yet ~150 MiB once decoded (plus
+# whatever copies the conversion makes); the default limit refuses it from the header.
+LARGE_SIZE = (7200, 5400)
+
+
+@pytest.fixture(scope="module")
+def large_png() -> bytes:
+    data = png(*LARGE_SIZE)
+    assert len(data) < 1_000_000 and LARGE_SIZE[0] * LARGE_SIZE[1] > DEFAULT_MAX_PIXELS
+    return data
+
+
+def test_a_large_png_under_the_upload_limit_is_refused_before_decoding(
+    client: TestClient, large_png: bytes
+) -> None:
+    with peak_memory() as growth:
+        response = classify(client, large_png, "large.png", "image/png")
+    error = assert_error(response, 413, "payload_too_large")
+    assert "7200x5400 (38,880,000 pixels)" in error["message"]
+    assert f"{DEFAULT_MAX_PIXELS:,}" in error["message"]
+    # Decoding it would raise the peak by well over 100 MiB; the header costs nothing.
+    assert growth[0] < 32, f"the peak memory grew by {growth[0]:.0f} MiB"
+
+
+def test_a_large_png_is_refused_over_oip_too(client: TestClient, large_png: bytes) -> None:
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [1],
+                "parameters": {"content_type": "base64"},
+                "data": [base64.b64encode(large_png).decode()],
+            }
+        ]
+    }
+    with peak_memory() as growth:
+        response = client.post("/v2/models/imagenet/infer", json=body)
+    message = assert_oip_error(response, 413)
+    assert "7200x5400" in message and f"{DEFAULT_MAX_PIXELS:,}" in message
+    assert growth[0] < 32, f"the peak memory grew by {growth[0]:.0f} MiB"
+
+
+def test_the_default_limit_takes_a_4096_square_and_not_one_pixel_more(client: TestClient) -> None:
+    """The limit is inclusive, and an image with an alpha channel at the limit is served."""
+    side = 4096
+    assert side * side == DEFAULT_MAX_PIXELS
+    response = classify(client, png(side, side, "RGBA"), "square.png", "image/png")
+    assert response.status_code == 200, response.text
+    error = assert_error(classify(client, png(side + 1, side), "wider.png", "image/png"), 413)
+    assert f"{side + 1}x{side}" in error["message"]
+
+
+def test_a_large_jpeg_decodes_at_reduced_scale(client: TestClient) -> None:
+    """A 12-megapixel JPEG is decoded at 1/4 scale (1000 x 750, still over the 512 px the resize
+    wants): 3 MB of pixels instead of 48."""
+    buffer = io.BytesIO()
+    Image.linear_gradient("L").resize((4000, 3000)).convert("RGB").save(buffer, "JPEG", quality=90)
+    with peak_memory() as growth:
+        response = classify(client, buffer.getvalue(), "photo.jpg")
+    assert response.status_code == 200, response.text
+    assert growth[0] < 24, f"the peak memory grew by {growth[0]:.0f} MiB"
+
+
 def test_missing_file_field_names_it(client: TestClient, coffee: bytes) -> None:
     response = client.post(CLASSIFY, files={"image": ("coffee.jpg", coffee, "image/jpeg")})
     error = assert_error(response, 422, "validation_error")
@@ -232,10 +337,17 @@ def test_oversized_upload_is_413(coffee: bytes) -> None:
 
 
 def test_pixel_limit_is_configurable(coffee: bytes) -> None:
-    settings = VisionSettings(model_repository=MODELS, max_image_pixels=100_000, torch_threads=1)
+    settings = VisionSettings(model_repository=MODELS, vision_max_image_pixels=100_000, torch_threads=1)
     with started(settings) as small:
         error = assert_error(classify(small, coffee), 413)  # 600 x 400 = 240,000 pixels
         assert "100,000" in error["message"]
+
+
+def test_the_pixel_limit_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VISION_MAX_IMAGE_PIXELS", "1000000")
+    assert VisionSettings().vision_max_image_pixels == 1_000_000
+    monkeypatch.setenv("VISION_MAX_IMAGE_PIXELS", "")  # empty counts as unset
+    assert VisionSettings().vision_max_image_pixels == DEFAULT_MAX_PIXELS
 
 
 def test_the_route_answers_503_without_its_model(tmp_path: Path, coffee: bytes) -> None:

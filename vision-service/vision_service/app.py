@@ -8,7 +8,8 @@ from fastapi import FastAPI
 from pydantic import Field
 
 from modelgate_core.service import NeuralServiceSettings, create_service_app
-from vision_service.image_runtime import ImageClassificationRuntime
+from vision_service.decode import DecodeBudget
+from vision_service.image_runtime import DECODES_AT_ONCE, DEFAULT_MAX_PIXELS, ImageClassificationRuntime
 from vision_service.routes import vision_router
 
 CLASSIFY_PATH = "/v1/vision/classify"
@@ -19,8 +20,9 @@ class VisionSettings(NeuralServiceSettings):
     # Off by default: on 2 CPU cores an image costs nearly as much in a batch as alone, and under
     # contention batching made p95 worse (scripts/bench_runtime.py; docs/runtime.md).
     batching: bool = False
-    # Largest image accepted, in pixels (width x height), whatever its file size: refuses bombs.
-    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    # Largest image accepted, in pixels (width x height), whatever its file size, checked from the header
+    # before anything is decoded (413 beyond). The default, 4096 x 4096, and why: image_runtime.py.
+    vision_max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
 
 
 def create_app(settings: VisionSettings | None = None) -> FastAPI:
@@ -30,7 +32,9 @@ def create_app(settings: VisionSettings | None = None) -> FastAPI:
         ImageClassificationRuntime,
         backend=settings.runtime,
         threads=settings.torch_threads,
-        max_pixels=settings.max_image_pixels,
+        max_pixels=settings.vision_max_image_pixels,
+        # One for every model this worker serves: the memory its decodes hold is bounded per worker.
+        decode_budget=DecodeBudget(DECODES_AT_ONCE * settings.vision_max_image_pixels),
     )
     repository = settings.repository("vision", {"image-classification": runtime})
     return create_service_app(

@@ -1,8 +1,11 @@
 """`image-classification`: an image classifier (ONNX graph or torch network) over the Open Inference Protocol.
 
-Uploads are decoded and checked by the vision service's own `decode_image` (413/415/422 for what is
-too large, not an image, or damaged), then resized, centre-cropped and scaled by `preprocess_image`,
-as the build evaluated the model. The answer is every class's probability and the `top_k` best.
+Uploads are checked by the vision service's own `open_image` from their header (413/415/422 for what
+is too large, not an image, or damaged), decoded by `load_image` within the worker's `DecodeBudget`,
+then resized, centre-cropped and scaled by `preprocess_image`, as the build evaluated the model. All of
+it runs in `preprocess`, which the served version runs in a worker thread outside the model's slot:
+one request's image decodes while the model runs another's. The answer is every class's probability
+and the `top_k` best.
 
     {"runtime": "image-classification",
      "parameters": {"onnx_file": "model.onnx", "labels_file": "labels.json", "resize": 256, "crop": 224,
@@ -31,7 +34,7 @@ from modelgate_core.repository.runtime import (
     check_fixed_tensors,
     declared_or,
 )
-from vision_service.decode import decode_image
+from vision_service.decode import DecodeBudget, load_image, open_image
 from vision_service.network import ARCH, load_efficientnet
 from vision_service.preprocess import preprocess_image
 
@@ -40,6 +43,17 @@ Layout = Literal["NCHW", "NHWC"]
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 
 DEFAULT_TOP_K = 5
+# The largest image accepted by default, in pixels: 4096 x 4096 (16.8 megapixels). The network sees
+# 224 x 224 (50 thousand pixels) of a 256-pixel resize, so anything larger only costs memory: at this
+# limit a PNG or WebP decodes into about 68 MiB (128 MiB with an alpha channel), a progressive JPEG
+# into about 50 MiB, a baseline JPEG (decoded at reduced scale) into a few. It still takes the photos
+# cameras and phones save by default (12 MP); a 39-megapixel PNG, which fits in a 10 MB upload and
+# would decode into 150 MiB (300 MiB with an alpha channel), is refused from its header.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+# Limit-size images one worker decodes at once (its `DecodeBudget`; smaller ones share it, many at a
+# time). Decoding is CPU-bound and a worker has about one core: more at once would finish no sooner,
+# only hold more memory. Two workers then hold at most ~0.5 GiB of pixels between them, worst case.
+DECODES_AT_ONCE = 2
 
 # Network builders for `torch_architecture`: a state_dict alone does not say what network it fills.
 ARCHITECTURES: dict[str, Callable[[Path], torch.nn.Module]] = {ARCH: load_efficientnet}
@@ -86,13 +100,16 @@ class ImageClassificationRuntime(ModelRuntime):
         *,
         backend: Backend = "onnx",
         threads: int = 1,
-        max_pixels: int = 40_000_000,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        decode_budget: DecodeBudget | None = None,
     ) -> None:
         super().__init__(context)
         self.requested_backend: Backend = backend
         self.backend: Backend = backend
         self.threads = threads
         self.max_pixels = max_pixels
+        # The service passes one budget for all its models, so that the bound holds per worker.
+        self.decode_budget = decode_budget or DecodeBudget(DECODES_AT_ONCE * max_pixels)
         self.labels: list[str] = []
         self.resize = 256
         self.crop = 224
@@ -126,7 +143,7 @@ class ImageClassificationRuntime(ModelRuntime):
             raise ValueError(f"parameters.layout must be 'NCHW' or 'NHWC', got {layout!r}")
         self.layout = layout
         self.labels = self._read_labels(parameters)
-        # Pillow's own bomb check is process-wide and only a backstop for `decode_image`'s: never let
+        # Pillow's own bomb check is process-wide and only a backstop for `open_image`'s: never let
         # it refuse what this runtime's limit allows.
         if Image.MAX_IMAGE_PIXELS is not None and self.max_pixels > Image.MAX_IMAGE_PIXELS:
             Image.MAX_IMAGE_PIXELS = self.max_pixels
@@ -240,15 +257,20 @@ class ImageClassificationRuntime(ModelRuntime):
     def _prepare(self, element: object, row: int) -> FloatArray:
         if not isinstance(element, bytes):
             raise BadRequest(f"image[{row}] must be the bytes of an image, got {type(element).__name__}")
-        img = decode_image(element, self.max_pixels, draft_size=2 * self.resize)
-        if isinstance(self.mean, float) and isinstance(self.std, float):
-            chw = preprocess_image(img, resize=self.resize, crop=self.crop, mean=self.mean, std=self.std)
-        else:
-            # Per-channel scaling after an identity one, which leaves the pixels exactly as they were.
-            pixels = preprocess_image(img, resize=self.resize, crop=self.crop, mean=0.0, std=1.0)
-            mean = np.asarray(self.mean, np.float32).reshape(-1, 1, 1)
-            std = np.asarray(self.std, np.float32).reshape(-1, 1, 1)
-            chw = ((pixels - mean) / std).astype(np.float32)
+        header = open_image(element, self.max_pixels)
+        width, height = header.size
+        # Held until the full-size image has been resized away: only the 224-pixel crop outlives it.
+        with self.decode_budget.hold(width * height):
+            img = load_image(header, self.max_pixels, draft_size=2 * self.resize)
+            if isinstance(self.mean, float) and isinstance(self.std, float):
+                chw = preprocess_image(img, resize=self.resize, crop=self.crop, mean=self.mean, std=self.std)
+            else:
+                # Per-channel scaling after an identity one, which leaves the pixels exactly as they were.
+                pixels = preprocess_image(img, resize=self.resize, crop=self.crop, mean=0.0, std=1.0)
+                mean = np.asarray(self.mean, np.float32).reshape(-1, 1, 1)
+                std = np.asarray(self.std, np.float32).reshape(-1, 1, 1)
+                chw = ((pixels - mean) / std).astype(np.float32)
+            del img, header  # freed before the budget is given back
         return chw if self.layout == "NCHW" else np.ascontiguousarray(chw.transpose(1, 2, 0))
 
     def predict(self, batch: Tensors) -> Tensors:
