@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Generic, TypeVar
 
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -65,6 +66,11 @@ UPSTREAM_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 
+
+# FastAPI's built-in OpenTelemetry layer looks the global providers up (environment included) on every
+# request, before it finds there is nothing to do; our metrics are the Prometheus ones here. Passed as
+# `FastAPI(telemetry=...)` by every app.
+FASTAPI_TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 Metric = TypeVar("Metric", Counter, Gauge, Histogram)
 

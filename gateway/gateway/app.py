@@ -26,6 +26,7 @@ from gateway.upstream import BINARY_HEADER, Upstream, UpstreamClient
 from modelgate_core.errors import install_error_handlers
 from modelgate_core.health import Drain, health_router
 from modelgate_core.logging import configure_logging
+from modelgate_core.metrics import FASTAPI_TELEMETRY_OFF
 from modelgate_core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 
 DESCRIPTION = """
@@ -155,6 +156,7 @@ def create_app(
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        telemetry=FASTAPI_TELEMETRY_OFF,
     )
     app.state.api_document = ApiDocument(settings.openapi_cache_seconds)
     install_error_handlers(app)

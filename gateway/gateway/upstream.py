@@ -218,8 +218,9 @@ def map_transport_error(upstream: Upstream, exc: httpx.HTTPError) -> ModelGateEr
 
 
 def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The client request headers a service is sent (keys and cookies never are)."""
-    return {k.lower(): v for k, v in headers.items() if k.lower() in _PASS_REQUEST_HEADERS}
+    """The client request headers a service is sent (keys and cookies never are). `headers` has
+    lower-case names or looks names up case-insensitively (Starlette's `Headers`)."""
+    return {name: value for name in _PASS_REQUEST_HEADERS if (value := headers.get(name)) is not None}
 
 
 def check_response(upstream: Upstream, response: httpx.Response, path: str = "") -> UpstreamResponse:
@@ -228,13 +229,19 @@ def check_response(upstream: Upstream, response: httpx.Response, path: str = "")
     Good: 2xx JSON, 2xx empty, or 2xx binary tensors (octet-stream with the OIP length header).
     """
     status = response.status_code
-    headers = {k: v for k, v in response.headers.items() if k.lower() in _PASS_RESPONSE_HEADERS}
-    content_type = response.headers.get("content-type", "")
+    # One pass over the raw header list: httpx's `Headers` decodes every header on each lookup.
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in response.headers.raw:
+        name = raw_name.decode("latin-1").lower()
+        if name in _PASS_RESPONSE_HEADERS:
+            headers[name] = raw_value.decode("latin-1")
+    content_type = headers.get("content-type", "")
     is_json = content_type.startswith("application/json")
-    if 200 <= status < 300 and (is_json or not response.content or _is_binary_answer(response)):
-        return UpstreamResponse(status, response.content, headers)
-    if status in _PASS_ERROR_STATUSES and is_json and _is_error_shape(response.content, oip=_is_oip(path)):
-        return UpstreamResponse(status, response.content, headers)
+    content = response.content
+    if 200 <= status < 300 and (is_json or not content or _is_binary_answer(headers, content)):
+        return UpstreamResponse(status, content, headers)
+    if status in _PASS_ERROR_STATUSES and is_json and _is_error_shape(content, oip=_is_oip(path)):
+        return UpstreamResponse(status, content, headers)
     logger.warning(
         "invalid upstream answer",
         extra={"upstream": upstream.name, "upstream_status": status, "content_type": content_type},
@@ -248,12 +255,12 @@ def _is_oip(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
 
-def _is_binary_answer(response: httpx.Response) -> bool:
-    declared = response.headers.get(BINARY_HEADER, "")
+def _is_binary_answer(headers: Mapping[str, str], content: bytes) -> bool:
+    declared = headers.get(BINARY_HEADER, "")
     return (
-        response.headers.get("content-type", "").startswith("application/octet-stream")
+        headers.get("content-type", "").startswith("application/octet-stream")
         and declared.isdigit()
-        and int(declared) <= len(response.content)
+        and int(declared) <= len(content)
     )
 
 
