@@ -9,12 +9,17 @@ oldest caller's arrival, and it has usually waited longer than that for the mode
 
 The model call returns one outcome per input, a result or an exception; each caller gets its own
 slice back, or the first exception in it. A bad input therefore fails only the call that sent it.
+
+A caller may give a deadline (on `time.monotonic()`'s clock): a call still queued when it passes is
+answered with the `expired()` exception instead of joining a batch, so the model never spends time on an
+answer nobody waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +30,10 @@ OutputT = TypeVar("OutputT")
 
 # The model call: all inputs of a batch in, one result or exception per input out, in order.
 RunBatch = Callable[[list[InputT]], Awaitable[list[OutputT | BaseException]]]
+
+
+def _expired() -> BaseException:
+    return TimeoutError("the caller's deadline passed while its call waited for a batch")
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class _Call(Generic[InputT, OutputT]):
     items: list[InputT]
     future: asyncio.Future[list[OutputT]]
     arrived: float
+    deadline: float | None = None
 
 
 @dataclass(eq=False)
@@ -63,12 +73,21 @@ class Batcher(Generic[InputT, OutputT]):
 
     `concurrency` bounds the batches in flight at once (the model's own parallelism); a caller's
     inputs are never split between batches, so a call larger than `max_batch_size` runs alone.
+    `expired()` makes the exception of a call whose deadline passed before it joined a batch.
     """
 
-    def __init__(self, run: RunBatch[InputT, OutputT], policy: BatchPolicy, *, concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        run: RunBatch[InputT, OutputT],
+        policy: BatchPolicy,
+        *,
+        concurrency: int = 1,
+        expired: Callable[[], BaseException] = _expired,
+    ) -> None:
         self.run = run
         self.policy = policy
         self.concurrency = concurrency
+        self.expired = expired
         self._state: _LoopState[InputT, OutputT] | None = None
 
     def _current(self) -> _LoopState[InputT, OutputT]:
@@ -78,13 +97,14 @@ class Batcher(Generic[InputT, OutputT]):
             self._state = _LoopState(loop, asyncio.Semaphore(self.concurrency))
         return self._state
 
-    async def submit(self, items: Sequence[InputT]) -> list[OutputT]:
-        """Wait for this call's results, in input order; raises the first of its inputs' errors."""
+    async def submit(self, items: Sequence[InputT], deadline: float | None = None) -> list[OutputT]:
+        """Wait for this call's results, in input order; raises the first of its inputs' errors, or
+        `expired()` when `deadline` (`time.monotonic()`) passes before the call joins a batch."""
         if not items:
             return []
         state = self._current()
         future: asyncio.Future[list[OutputT]] = state.loop.create_future()
-        state.queue.append(_Call(list(items), future, state.loop.time()))
+        state.queue.append(_Call(list(items), future, state.loop.time(), deadline))
         state.arrival.set()
         if state.dispatcher is None or state.dispatcher.done():
             # An empty context: the dispatcher serves every caller, so it must not carry (and stamp on
@@ -132,10 +152,16 @@ class Batcher(Generic[InputT, OutputT]):
                 break
         batch: list[_Call[InputT, OutputT]] = []
         size = 0
+        now = time.monotonic()
         while state.queue:
             call = state.queue[0]
             if call.future.done():  # cancelled while waiting
                 state.queue.popleft()
+                continue
+            if call.deadline is not None and call.deadline <= now:
+                # Its caller has given up: answered, and its place goes to one still waiting.
+                state.queue.popleft()
+                call.future.set_exception(self.expired())
                 continue
             if batch and size + len(call.items) > self.policy.max_batch_size:
                 break

@@ -1,4 +1,4 @@
-"""Per-request context (request ID and access-log fields) carried in a contextvar.
+"""Per-request context (request ID, access-log fields, the caller's deadline) carried in a contextvar.
 
 Plain ASGI middleware sets it once per request; handlers, the proxy and log records read it. A
 contextvar (not `request.state`) is used so that log records made anywhere — including sync code run
@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import random
 import re
+import time
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 REQUEST_ID_HEADER = "x-request-id"
+# The caller's remaining time budget, in whole milliseconds, when it sent the request (the gateway sends
+# its read timeout): past it nobody waits for the answer, so a service drops work not yet begun.
+DEADLINE_HEADER = "x-request-deadline-ms"
+# A longer budget is taken as this one: 10 minutes, more than any caller of ours waits (the gateway's
+# longest timeout is MODEL_LOAD_TIMEOUT, 120 s).
+MAX_DEADLINE_MS = 600_000
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.encode()
+_DEADLINE_KEY = DEADLINE_HEADER.encode()
 # A client-supplied request ID is kept only if it is short and made of safe characters, so it cannot
 # inject headers or forge log lines; anything else is replaced by a fresh one.
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -29,6 +39,8 @@ class RequestContext:
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # Named durations in ms for the `Server-Timing` header (upstream, model, ...).
     timings: dict[str, float] = field(default_factory=dict)
+    # When the caller gives up, on `time.monotonic()`'s clock (from `DEADLINE_HEADER`); None: never.
+    deadline: float | None = None
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("modelgate_request", default=None)
@@ -50,6 +62,35 @@ def accept_request_id(candidate: str | None) -> str:
     return new_request_id()
 
 
+def deadline_from_header(value: bytes, now: float) -> float | None:
+    """The local deadline of a request that arrived at `now` (monotonic) with `DEADLINE_HEADER: value`:
+    None when the value is not a whole number of milliseconds (ignored, as if absent); capped at
+    `MAX_DEADLINE_MS`."""
+    # bytes.isdigit: ASCII digits only (no sign, space, fraction or other script); the length bound keeps
+    # int() cheap and inside Python's limit on digits, which would raise.
+    if len(value) > 16 or not value.isdigit():
+        return None
+    return now + min(int(value), MAX_DEADLINE_MS) / 1000
+
+
+def context_for(headers: Iterable[tuple[bytes, bytes]]) -> RequestContext:
+    """The context of a request with these ASGI headers: its request ID (kept if valid, else a fresh one)
+    and its deadline, both found in one pass (the first of repeated headers counts, as Starlette reads
+    them)."""
+    request_id: bytes | None = None
+    deadline: bytes | None = None
+    for key, value in headers:
+        if key == _REQUEST_ID_KEY:
+            if request_id is None:
+                request_id = value
+        elif key == _DEADLINE_KEY and deadline is None:
+            deadline = value
+    return RequestContext(
+        accept_request_id(None if request_id is None else request_id.decode("latin-1")),
+        deadline=None if deadline is None else deadline_from_header(deadline, time.monotonic()),
+    )
+
+
 def current_context() -> RequestContext | None:
     """Return the context of the request being handled, if any."""
     return _current.get()
@@ -59,6 +100,12 @@ def current_request_id() -> str | None:
     """Return the ID of the request being handled, if any."""
     ctx = _current.get()
     return ctx.request_id if ctx else None
+
+
+def current_deadline() -> float | None:
+    """When the caller of the request being handled gives up (`time.monotonic()`), if it said."""
+    ctx = _current.get()
+    return ctx.deadline if ctx else None
 
 
 def annotate(**fields: Any) -> None:

@@ -8,6 +8,7 @@ sees them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,8 +17,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelgate_core import context
+from modelgate_core.asgi import header
 from modelgate_core.errors import error_body, is_oip_path
-from modelgate_core.metrics import HTTP_IN_FLIGHT, HTTP_LATENCY, HTTP_REQUESTS
+from modelgate_core.metrics import HTTP_IN_FLIGHT, HTTP_LATENCY, HTTP_REQUESTS, Children
 
 access_logger = logging.getLogger("modelgate.access")
 error_logger = logging.getLogger("modelgate.errors")
@@ -26,26 +28,23 @@ error_logger = logging.getLogger("modelgate.errors")
 _QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
 class RequestContextMiddleware:
-    """Request ID, per-request context, access log and HTTP metrics."""
+    """Request ID, per-request context (with the caller's deadline), access log and HTTP metrics."""
 
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
         self.service = service
+        self._in_flight = HTTP_IN_FLIGHT.labels(service)
+        self._requests = Children(HTTP_REQUESTS)
+        self._latency = Children(HTTP_LATENCY)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = context.accept_request_id(_header(scope, b"x-request-id"))
-        ctx = context.RequestContext(request_id)
+        # Request ID and the caller's deadline (X-Request-Deadline-Ms) in one pass over the headers.
+        ctx = context.context_for(scope.get("headers", ()))
+        request_id = ctx.request_id
         token = context.bind(ctx)
         status = 500
         started = time.perf_counter()
@@ -67,7 +66,7 @@ class RequestContextMiddleware:
                 ]
             await send(message)
 
-        in_flight = HTTP_IN_FLIGHT.labels(self.service)
+        in_flight = self._in_flight
         in_flight.inc()
         try:
             await self.app(scope, receive, send_with_request_id)
@@ -85,8 +84,8 @@ class RequestContextMiddleware:
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "<unmatched>"
             method = scope["method"]
-            HTTP_REQUESTS.labels(self.service, route_path, method, str(status)).inc()
-            HTTP_LATENCY.labels(self.service, route_path, method).observe(elapsed)
+            self._requests(self.service, route_path, method, str(status)).inc()
+            self._latency(self.service, route_path, method).observe(elapsed)
             path = scope["path"]
             level = logging.DEBUG if path in _QUIET_PATHS and status < 400 else logging.INFO
             if access_logger.isEnabledFor(level):
@@ -137,20 +136,59 @@ class BodyLimitMiddleware:
     """Refuse request bodies larger than a limit with 413, counting bytes as they arrive.
 
     `limit_for(path)` returns the limit for a path, so uploads can have a larger one than JSON.
-    A declared `Content-Length` over the limit is refused before reading anything.
+    A declared `Content-Length` over the limit is refused before the app sees anything.
+
+    A refused body is still read and thrown away, up to `drain_bound(limit)` bytes in all, before the
+    413 goes out with `connection: close`: clients such as urllib and `requests` send the whole body
+    before they read the answer, and closing while its bytes still arrive resets the connection, so
+    they would see "connection reset by peer" instead of the 413. Past the bound nothing more is read:
+    the 413 is sent and the connection closed.
     """
+
+    # However small the limit, this much of a refused body is read: more than loopback and LAN socket
+    # buffers hold, so a near miss gets its 413 rather than a reset.
+    DRAIN_MINIMUM = 8 * 1024 * 1024
+    # A client that sends nothing for this long while its refused body is drained (one that declared
+    # more than it sends, say) gets its 413 now rather than waiting on us as we wait on it.
+    DRAIN_IDLE_SECONDS = 2.0
 
     def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
         self.app = app
         self.limit_for = limit_for
+
+    @classmethod
+    def drain_bound(cls, limit: int) -> int:
+        """The most bytes of a body refused under `limit` that are read before answering."""
+        return max(2 * limit, cls.DRAIN_MINIMUM)
+
+    @classmethod
+    async def _drain(cls, receive: Receive, received: int, bound: int) -> bool:
+        """Read and drop the rest of a body of which `received` bytes were read; True when it ended
+        within `bound` bytes in all, False past the bound, when the client stalls or went away."""
+        while received <= bound:
+            try:
+                message = await asyncio.wait_for(receive(), cls.DRAIN_IDLE_SECONDS)
+            except TimeoutError:
+                return False
+            if message["type"] != "http.request":
+                return False
+            received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return received <= bound
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope["path"])
-        declared = _header(scope, b"content-length")
+        bound = self.drain_bound(limit)
+        declared = header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            # A client waiting for "100 Continue" has sent nothing yet; reading would invite the body.
+            waiting = (header(scope, b"expect") or "").lower() == "100-continue"
+            if declared.isdigit() and int(declared) <= bound and not waiting:
+                await self._drain(receive, 0, bound)
             await _send_too_large(send, limit, oip=is_oip_path(scope["path"]))
             return
 
@@ -162,15 +200,22 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    if message.get("more_body", False):
+                        await self._drain(receive, received, bound)
                     # An HTTPException passes through FastAPI's body parsing untouched and reaches
                     # the common error handler, so the client gets the usual 413 error shape.
-                    raise HTTPException(413, f"Request body exceeds the limit of {limit} bytes")
+                    raise HTTPException(
+                        413,
+                        f"Request body exceeds the limit of {limit} bytes",
+                        headers={"connection": "close"},
+                    )
             return message
 
         await self.app(scope, limited_receive, send)
 
 
 async def _send_too_large(send: Send, limit: int, *, oip: bool) -> None:
+    """The 413 of a body refused on its declared length; `connection: close`, as its rest may be unread."""
     body = error_body(413, "payload_too_large", f"Request body exceeds the limit of {limit} bytes", oip=oip)
     await send_json(send, 413, body, {"connection": "close"})
 

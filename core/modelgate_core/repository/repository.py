@@ -31,7 +31,7 @@ from modelgate_core.metrics import MODEL_READY
 from modelgate_core.oip.types import ModelState, RepositoryEntry
 from modelgate_core.repository.control import CONTROL_CHECK_SECONDS, Control
 from modelgate_core.repository.runtime import ModelContext, ModelRuntime
-from modelgate_core.repository.served import ServedVersion
+from modelgate_core.repository.served import DEFAULT_MAX_QUEUED, ServedVersion
 from modelgate_core.repository.settings import (
     RUNTIME_SERVICES,
     SETTINGS_FILE,
@@ -50,10 +50,12 @@ Signature = tuple[tuple[str, int, int], ...]
 
 @dataclass
 class ServingOptions:
-    """How this service runs its models: parallel calls per version, batching, unload patience."""
+    """How this service runs its models: parallel calls per version, batching, requests that may wait
+    per version (more are refused with 503), unload patience."""
 
     max_concurrency: int = 1
     batching: BatchPolicy | None = None
+    max_queued: int = DEFAULT_MAX_QUEUED
     unload_timeout: float = 30.0
 
 
@@ -270,7 +272,10 @@ class ModelRepository:
         if not runtime.inputs or not runtime.outputs:
             raise ValueError(f"runtime {runtime.runtime!r} declared no inputs or outputs")
         return ServedVersion(
-            runtime, max_concurrency=self.options.max_concurrency, batching=self.options.batching
+            runtime,
+            max_concurrency=self.options.max_concurrency,
+            batching=self.options.batching,
+            max_queued=self.options.max_queued,
         )
 
     async def _unload(self, key: tuple[str, str], keep_as: str | None) -> None:

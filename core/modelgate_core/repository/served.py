@@ -6,6 +6,13 @@ worker thread outside the model's slot (decoding an image overlaps with the mode
 request), `predict` runs in the slot, alone or merged with other requests' rows by the `Batcher`,
 then `postprocess` in a thread again. A runtime with `light_steps` (trivial pre/postprocessing)
 saves the hand-offs: all three in one thread, or the light ones on the loop around a batch.
+
+Backpressure: at most `max_queued` requests wait for the version in one worker (admitted, preprocessing
+or queued for the model, not yet in a model call); one more is refused at once with 503 and
+`Retry-After`, so overload becomes fast refusals rather than a queue that grows until every request in
+it times out. A request whose caller's deadline (`context.current_deadline`, from the gateway's
+`X-Request-Deadline-Ms`) has passed is dropped unrun: on arrival, before its model call, and by the
+batcher while it waits for a batch; the caller has gone, so nothing is spent on its answer.
 """
 
 from __future__ import annotations
@@ -20,25 +27,69 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import numpy as np
+from prometheus_client import Counter
 
 from modelgate_core.batching import Batcher, BatchPolicy
-from modelgate_core.context import record_timing
-from modelgate_core.errors import BadRequest, ModelGateError
+from modelgate_core.context import current_deadline, record_timing
+from modelgate_core.errors import BadRequest, GatewayTimeout, ModelGateError, ServiceUnavailable
 from modelgate_core.metrics import MODEL_BATCH_SIZE, MODEL_INFERENCE
 from modelgate_core.oip.types import TensorSpec
 from modelgate_core.repository.runtime import ModelRuntime, Tensors
 
 logger = logging.getLogger("modelgate.model")
 
+# Requests one version may have waiting in one worker unless told otherwise (MAX_QUEUED_REQUESTS).
+DEFAULT_MAX_QUEUED = 64
+# Seconds a refused caller is told to wait: a queue drains in well under that (the bound keeps it short).
+RETRY_AFTER_SECONDS = 1
+_RETRY_AFTER = {"retry-after": str(RETRY_AFTER_SECONDS)}
+
+MODEL_DROPPED = Counter(
+    "modelgate_dropped_requests_total",
+    "Requests a model version did not run: refused on arrival with its queue full (reason=queue_full), "
+    "or dropped because the caller's deadline had passed (reason=deadline).",
+    ["model", "reason"],
+)
+
+
+class DeadlineExceeded(GatewayTimeout):
+    """The caller's deadline passed before the model began its request: dropped without running it.
+    Rarely read by anyone: the caller has gone (the gateway has answered its client 504 already)."""
+
+    code = "deadline_exceeded"
+
 
 class _Part:
-    """One request's prepared tensors inside a merged batch (the batcher sees it once per row)."""
+    """One request inside this version: its deadline, whether it still waits for the model (counted
+    in `ServedVersion.waiting`), and its prepared tensors (in a merged batch, once per row)."""
 
-    __slots__ = ("rows", "tensors")
+    __slots__ = ("deadline", "rows", "tensors", "waiting")
 
-    def __init__(self, tensors: Tensors, rows: int) -> None:
-        self.tensors = tensors
+    def __init__(self, rows: int, deadline: float | None) -> None:
         self.rows = rows
+        self.deadline = deadline
+        self.tensors: Tensors = {}
+        self.waiting = True
+
+
+class _Slot:
+    """`async with` holds one token of `limiter` (a model slot) for the calling task; without a trip
+    through the event loop when one is free (anyio's own `async with` yields once even then), and
+    after any task already waiting (`acquire_nowait` refuses while the limiter has a queue)."""
+
+    __slots__ = ("limiter",)
+
+    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
+        self.limiter = limiter
+
+    async def __aenter__(self) -> None:
+        try:
+            self.limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await self.limiter.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.limiter.release()
 
 
 class ServedVersion:
@@ -50,18 +101,30 @@ class ServedVersion:
         *,
         max_concurrency: int = 1,
         batching: BatchPolicy | None = None,
+        max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, not {max_queued}")
         self.runtime = runtime
         self.name = runtime.context.name
         self.version = runtime.context.version
         # Bounds parallel model calls in this worker: a neural runtime already spreads one call over
         # its threads, so running several at once would only oversubscribe the cores.
         self._limiter = anyio.CapacityLimiter(max_concurrency)
+        self._slot = _Slot(self._limiter)
+        # The model calls' threads, taken only while holding `_limiter` (so never waited for): not the
+        # default thread limiter, which preprocessing threads may all hold under load.
+        self._model_threads = anyio.CapacityLimiter(max_concurrency)
         self._batcher: Batcher[_Part, Tensors] | None = (
-            Batcher(self._run_merged, batching, concurrency=max_concurrency)
+            Batcher(self._run_merged, batching, concurrency=max_concurrency, expired=self._dropped_late)
             if batching is not None and runtime.batchable
             else None
         )
+        self.max_queued = max_queued
+        # Requests admitted and not yet in a model call (see `_Part.waiting`).
+        self.waiting = 0
+        self._refused = MODEL_DROPPED.labels(self.name, "queue_full")
+        self._late = MODEL_DROPPED.labels(self.name, "deadline")
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
 
@@ -103,31 +166,73 @@ class ServedVersion:
         return True
 
     async def infer(self, inputs: Tensors, parameters: dict[str, Any] | None = None) -> Tensors:
-        """Every output of the runtime for one request's inputs (checked here against `inputs`)."""
+        """Every output of the runtime for one request's inputs (checked here against `inputs`).
+
+        Raises `ServiceUnavailable` (503, `Retry-After`) when `max_queued` requests already wait, and
+        `DeadlineExceeded` when the caller's deadline passes before the model call begins."""
         params = parameters or {}
         rows = check_inputs(self.runtime.inputs, inputs)
+        part = _Part(rows, current_deadline())
+        self._check_deadline(part)  # before preprocessing
+        if self.waiting >= self.max_queued:
+            self._refused.inc()
+            raise ServiceUnavailable(
+                f"Model '{self.name}' is busy: {self.waiting} requests already wait for it in this "
+                f"worker; retry in {RETRY_AFTER_SECONDS} s",
+                headers=_RETRY_AFTER,
+            )
+        self.waiting += 1
         started = time.perf_counter()
         light = self.runtime.light_steps
-        async with self.in_use():
-            if self._batcher is None and light:
-                outputs = await anyio.to_thread.run_sync(
-                    self._infer_whole, inputs, params, limiter=self._limiter
-                )
-            else:
-                if light:
-                    prepared = self._preprocess(inputs, params)
+        try:
+            async with self.in_use():
+                if self._batcher is None and light:
+                    async with self._slot:
+                        self._begin(part)
+                        outputs = await anyio.to_thread.run_sync(
+                            self._infer_whole, inputs, params, limiter=self._model_threads
+                        )
                 else:
-                    prepared = await anyio.to_thread.run_sync(self._preprocess, inputs, params)
-                if self._batcher is not None:
-                    (raw, *_) = await self._batcher.submit([_Part(prepared, rows)] * max(rows, 1))
-                else:
-                    raw = await anyio.to_thread.run_sync(self._predict, prepared, limiter=self._limiter)
-                if light:
-                    outputs = self._postprocess(raw, params)
-                else:
-                    outputs = await anyio.to_thread.run_sync(self._postprocess, raw, params)
+                    if light:
+                        part.tensors = self._preprocess(inputs, params)
+                    else:
+                        part.tensors = await anyio.to_thread.run_sync(self._preprocess, inputs, params)
+                    if self._batcher is not None:
+                        (raw, *_) = await self._batcher.submit([part] * max(rows, 1), part.deadline)
+                    else:
+                        async with self._slot:
+                            self._begin(part)
+                            raw = await anyio.to_thread.run_sync(
+                                self._predict, part.tensors, limiter=self._model_threads
+                            )
+                    if light:
+                        outputs = self._postprocess(raw, params)
+                    else:
+                        outputs = await anyio.to_thread.run_sync(self._postprocess, raw, params)
+        finally:
+            self._leave_queue(part)
         record_timing("model", (time.perf_counter() - started) * 1000)
         return outputs
+
+    def _leave_queue(self, part: _Part) -> None:
+        if part.waiting:
+            part.waiting = False
+            self.waiting -= 1
+
+    def _begin(self, part: _Part) -> None:
+        """The request has the model: it no longer waits, and runs only if its caller still does."""
+        self._leave_queue(part)
+        self._check_deadline(part)
+
+    def _check_deadline(self, part: _Part) -> None:
+        if part.deadline is not None and part.deadline <= time.monotonic():
+            raise self._dropped_late()
+
+    def _dropped_late(self) -> DeadlineExceeded:
+        self._late.inc()
+        return DeadlineExceeded(
+            f"The caller's deadline passed before model '{self.name}' ran this request; it was dropped"
+        )
 
     def _infer_whole(self, inputs: Tensors, parameters: dict[str, Any]) -> Tensors:
         """All three steps in one worker thread (light steps, no batching)."""
@@ -148,6 +253,8 @@ class ServedVersion:
 
     async def _run_merged(self, items: list[_Part]) -> list[Tensors | BaseException]:
         parts = _distinct(items)
+        for part in parts:
+            self._leave_queue(part)
         merged = {
             name: np.concatenate([part.tensors[name] for part in parts], axis=0) for name in parts[0].tensors
         }
