@@ -27,7 +27,7 @@ from modelgate_core.middleware import BodyLimitMiddleware, RequestContextMiddlew
 from modelgate_core.oip.asgi_routes import InferRoutes
 from modelgate_core.oip.dataplane import DataPlane
 from modelgate_core.oip.rest import oip_components, oip_router
-from modelgate_core.repository.control import Control, default_control_dir
+from modelgate_core.repository.control import default_control
 from modelgate_core.repository.repository import ModelRepository, RuntimeFactory, ServingOptions
 
 
@@ -60,7 +60,7 @@ class ServiceSettings(CommonSettings):
             self.model_repository,
             service,
             runtimes,
-            Control(default_control_dir()),
+            default_control(),
             options=ServingOptions(
                 max_concurrency=self.inference_concurrency,
                 batching=self.batch_policy(),

@@ -20,8 +20,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -123,12 +125,16 @@ class Control:
         (self.workers_dir / f"{os.getpid()}.json").unlink(missing_ok=True)
 
 
-def default_control_dir() -> Path:
-    """`MODEL_CONTROL_DIR` when set (the Gunicorn config sets it for all workers), else a new one."""
+def default_control() -> Control:
+    """The control directory in `MODEL_CONTROL_DIR` when set (the Gunicorn config sets it for all
+    workers), else a new one of this process's own (an app run in-process), removed with the `Control`
+    or at exit."""
     configured = os.environ.get("MODEL_CONTROL_DIR")
     if configured:
-        return Path(configured)
-    return Path(tempfile.mkdtemp(prefix="modelgate-control-"))
+        return Control(Path(configured))
+    control = Control(Path(tempfile.mkdtemp(prefix="modelgate-control-")))
+    weakref.finalize(control, shutil.rmtree, control.directory, ignore_errors=True)
+    return control
 
 
 def _alive(pid: int) -> bool:
