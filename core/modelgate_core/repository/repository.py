@@ -31,7 +31,7 @@ from modelgate_core.metrics import MODEL_READY
 from modelgate_core.oip.types import ModelState, RepositoryEntry
 from modelgate_core.repository.control import CONTROL_CHECK_SECONDS, Control
 from modelgate_core.repository.runtime import ModelContext, ModelRuntime
-from modelgate_core.repository.served import DEFAULT_MAX_QUEUED, ServedVersion
+from modelgate_core.repository.served import DEFAULT_MAX_QUEUED, INLINE_BELOW_SECONDS, ServedVersion
 from modelgate_core.repository.settings import (
     RUNTIME_SERVICES,
     SETTINGS_FILE,
@@ -57,6 +57,8 @@ class ServingOptions:
     batching: BatchPolicy | None = None
     max_queued: int = DEFAULT_MAX_QUEUED
     unload_timeout: float = 30.0
+    # Light models faster than this run on the event loop (see `served.INLINE_BELOW_SECONDS`); 0: never.
+    inline_below_seconds: float = INLINE_BELOW_SECONDS
 
 
 @dataclass
@@ -276,6 +278,7 @@ class ModelRepository:
             max_concurrency=self.options.max_concurrency,
             batching=self.options.batching,
             max_queued=self.options.max_queued,
+            inline_below_seconds=self.options.inline_below_seconds,
         )
 
     async def _unload(self, key: tuple[str, str], keep_as: str | None) -> None:

@@ -5,7 +5,8 @@ Per request: the input tensors are checked against the runtime's `inputs`, `prep
 worker thread outside the model's slot (decoding an image overlaps with the model serving another
 request), `predict` runs in the slot, alone or merged with other requests' rows by the `Batcher`,
 then `postprocess` in a thread again. A runtime with `light_steps` (trivial pre/postprocessing)
-saves the hand-offs: all three in one thread, or the light ones on the loop around a batch.
+saves the hand-offs: all three in one thread, or the light ones on the loop around a batch; and when
+its whole requests are faster than a thread round trip (`INLINE_BELOW_SECONDS`), on the loop itself.
 
 Backpressure: at most `max_queued` requests wait for the version in one worker (admitted, preprocessing
 or queued for the model, not yet in a model call); one more is refused at once with 503 and
@@ -37,6 +38,12 @@ from modelgate_core.oip.types import TensorSpec
 from modelgate_core.repository.runtime import ModelRuntime, Tensors
 
 logger = logging.getLogger("modelgate.model")
+
+# A light runtime (unbatched) whose whole request took less than this lately runs on the event loop: a
+# round trip to a worker thread costs about as much as such a call (the profile is in the benchmark
+# report), and the loop is held no longer than this. The first call, and any after a slow one, go to a
+# thread. `ServingOptions.inline_below_seconds=0` never runs a model on the loop.
+INLINE_BELOW_SECONDS = 0.001
 
 # Requests one version may have waiting in one worker unless told otherwise (MAX_QUEUED_REQUESTS).
 DEFAULT_MAX_QUEUED = 64
@@ -102,6 +109,7 @@ class ServedVersion:
         max_concurrency: int = 1,
         batching: BatchPolicy | None = None,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        inline_below_seconds: float = INLINE_BELOW_SECONDS,
     ) -> None:
         if max_queued < 1:
             raise ValueError(f"max_queued must be at least 1, not {max_queued}")
@@ -127,6 +135,11 @@ class ServedVersion:
         self._late = MODEL_DROPPED.labels(self.name, "deadline")
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
+        self._inference = MODEL_INFERENCE.labels(self.name)
+        self._batch_size = MODEL_BATCH_SIZE.labels(self.name)
+        self.inline_below_seconds = inline_below_seconds
+        # Recent duration of one whole light request (see `_infer_whole`); unknown until the first.
+        self.recent_whole_seconds = float("inf")
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -189,9 +202,12 @@ class ServedVersion:
                 if self._batcher is None and light:
                     async with self._slot:
                         self._begin(part)
-                        outputs = await anyio.to_thread.run_sync(
-                            self._infer_whole, inputs, params, limiter=self._model_threads
-                        )
+                        if self.recent_whole_seconds < self.inline_below_seconds:
+                            outputs = self._infer_whole(inputs, params)  # on the loop: see the module doc
+                        else:
+                            outputs = await anyio.to_thread.run_sync(
+                                self._infer_whole, inputs, params, limiter=self._model_threads
+                            )
                 else:
                     if light:
                         part.tensors = self._preprocess(inputs, params)
@@ -235,8 +251,18 @@ class ServedVersion:
         )
 
     def _infer_whole(self, inputs: Tensors, parameters: dict[str, Any]) -> Tensors:
-        """All three steps in one worker thread (light steps, no batching)."""
-        return self._postprocess(self._predict(self._preprocess(inputs, parameters)), parameters)
+        """All three steps at once (light steps, no batching), timed for `recent_whole_seconds`."""
+        started = time.perf_counter()
+        try:
+            return self._postprocess(self._predict(self._preprocess(inputs, parameters)), parameters)
+        finally:
+            elapsed = time.perf_counter() - started
+            recent = self.recent_whole_seconds
+            # A moving average: one slow call (a pause, a big input) moves the model off the loop at once
+            # and it comes back only after calls are fast again.
+            self.recent_whole_seconds = (
+                elapsed if recent == float("inf") else max(elapsed, 0.8 * recent + 0.2 * elapsed)
+            )
 
     def _preprocess(self, inputs: Tensors, parameters: dict[str, Any]) -> Tensors:
         return _guarded(self.name, "preprocess", self.runtime.preprocess, inputs, parameters)
@@ -247,8 +273,8 @@ class ServedVersion:
     def _predict(self, batch: Tensors) -> Tensors:
         started = time.perf_counter()
         outputs = _guarded(self.name, "predict", self.runtime.predict, batch)
-        MODEL_INFERENCE.labels(self.name).observe(time.perf_counter() - started)
-        MODEL_BATCH_SIZE.labels(self.name).observe(_rows_of(batch))
+        self._inference.observe(time.perf_counter() - started)
+        self._batch_size.observe(_rows_of(batch))
         return outputs
 
     async def _run_merged(self, items: list[_Part]) -> list[Tensors | BaseException]:
