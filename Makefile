@@ -58,7 +58,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy core/modelgate_core gateway/gateway tabular-service/tabular_service \
-		vision-service/vision_service nlp-service/nlp_service scripts
+		vision-service/vision_service nlp-service/nlp_service scripts bench
 
 NAME ?=
 SCOPES ?= *

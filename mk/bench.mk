@@ -1,7 +1,9 @@
-# Load tests and benchmarks (included by the main Makefile). Output goes to results/ (git-ignored);
-# `make bench` also refreshes the committed reports, docs/benchmarks.md, docs/benchmarks-oip.md and
-# docs/img/bench-*.png. BENCH_ARGS go to the target's own script; in `make bench` they go to bench.py and
-# BENCH_OIP_ARGS to bench_oip.py (the two take different options).
+# Load tests and benchmarks (included by the main Makefile). The benchmarks are the `bench` package at the
+# repository root (`python -m bench.<name>`, see bench/__init__.py); output goes to results/ (git-ignored).
+# A full `make bench` also refreshes the committed reports, docs/benchmarks.md, docs/benchmarks-oip.md and
+# docs/img/bench-*.png; a --quick run leaves docs/ alone. BENCH_ARGS go to the target's own module; in
+# `make bench` they go to bench.gateway and BENCH_OIP_ARGS to bench.oip (the two take different options).
+# The tools the benchmarks need come from `make bench-tools`; a benchmark only checks for them.
 
 HOST ?=
 LOCUST_ARGS ?=
@@ -9,7 +11,7 @@ BENCH_OIP_ARGS ?=
 # Without HOST the runner starts the local stack, so it needs the models; with HOST only the tools.
 LOADTEST_DEPS := $(if $(HOST),$(STAMP),models)
 
-.PHONY: loadtest loadtest-smoke bench bench-quick bench-oip bench-runtime bench-workers
+.PHONY: loadtest loadtest-smoke bench bench-quick bench-oip bench-runtime bench-workers bench-tools
 
 loadtest: $(LOADTEST_DEPS) ## Headless Locust load test (local stack, or HOST=url with MODELGATE_API_KEY); HTML report in results/
 	$(PY) loadtests/run.py --profile full $(if $(HOST),--host $(HOST)) -- $(LOCUST_ARGS)
@@ -17,18 +19,21 @@ loadtest: $(LOADTEST_DEPS) ## Headless Locust load test (local stack, or HOST=ur
 loadtest-smoke: $(LOADTEST_DEPS) ## ~20 s Locust smoke run with 5 users, fails on any error (for CI)
 	$(PY) loadtests/run.py --profile smoke $(if $(HOST),--host $(HOST)) -- $(LOCUST_ARGS)
 
-bench: models ## Benchmark direct vs gateway (aiohttp, httpx) vs LitServe/FastAPI peers, then vs MLServer, with wrk (~15 min)
-	$(PY) scripts/bench.py $(BENCH_ARGS)
-	$(PY) scripts/bench_oip.py $(BENCH_OIP_ARGS)
+bench-tools: $(STAMP) ## What the benchmarks need: wrk (apt-get), litserve (pip), MLServer 1.7.1's own venv (build/mlserver-venv)
+	$(PY) -m bench.tools install
 
-bench-quick: models ## The 2-minute version of make bench
-	$(PY) scripts/bench.py --quick $(BENCH_ARGS)
+bench: models bench-tools ## Gateway cost (now vs --baseline rev), direct vs gateway vs LitServe/FastAPI peers, then vs MLServer, with wrk (~20 min)
+	$(PY) -m bench.gateway $(BENCH_ARGS)
+	$(PY) -m bench.oip $(BENCH_OIP_ARGS)
 
-bench-oip: models ## /v2 infer on iris: ModelGate (gateway JSON/binary, direct) vs MLServer 1.7.1 with wrk (~5 min; --quick ~1.5)
-	$(PY) scripts/bench_oip.py $(BENCH_ARGS)
+bench-quick: models bench-tools ## The ~4-minute version of make bench's first half (results/ only)
+	$(PY) -m bench.gateway --quick $(BENCH_ARGS)
 
-bench-runtime: models ## torch vs ONNX Runtime per call, batching on/off under load (~10 min); results/runtime.md
-	$(PY) scripts/bench_runtime.py $(BENCH_ARGS)
+bench-oip: models bench-tools ## /v2 infer on iris: ModelGate (gateway JSON/binary, direct) vs MLServer 1.7.1 with wrk (~5 min; --quick ~2)
+	$(PY) -m bench.oip $(BENCH_ARGS)
 
-bench-workers: models ## Gunicorn workers x threads per service, memory, cold start (~13 min); docs/workers.md
-	$(PY) scripts/bench_workers.py $(BENCH_ARGS)
+bench-runtime: models bench-tools ## torch vs ONNX Runtime, batching on/off, served vs in-process limit (~12 min); results/runtime-*/
+	$(PY) -m bench.runtime $(BENCH_ARGS)
+
+bench-workers: models bench-tools ## Gunicorn workers x threads per service, memory, cold start (~13 min); docs/workers.md
+	$(PY) -m bench.workers $(BENCH_ARGS)

@@ -317,7 +317,7 @@ def say(text: str, *, error: bool = False) -> None:
             sys.stdout = devnull
 
 
-# The compose stack (the e2e tests and bench_workers drive it; this module only finds the tools).
+# The compose stack (the e2e tests and bench/workers.py drive it; this module only finds the tools).
 OFFLINE_ENV = REPO / "build" / "docker-offline.env"  # written by `make images-offline`
 
 

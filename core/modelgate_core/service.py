@@ -48,7 +48,7 @@ class ServiceSettings(CommonSettings):
     # yet in a model call); one more is refused at once with 503 and `Retry-After: 1` instead of
     # queueing until the gateway's timeout. Per version, like the model slot it waits for, so one slow
     # model cannot refuse another's requests. 64: a closed-loop benchmark at 64 connections on one
-    # worker is never refused, and a full queue drains in about a second even for vision (~18 ms an image).
+    # worker is never refused, and a full queue drains in about a second even for vision.
     max_queued_requests: int = Field(default=64, ge=1, le=100_000)
 
     def batch_policy(self) -> BatchPolicy | None:
@@ -81,7 +81,7 @@ class BatchingSettings(ServiceSettings):
     # How long the first input of a batch may wait for others. 0: never wait while the model is idle;
     # batches then form only from what queues while it is busy, which on CPU is where they pay (a
     # batch saves little per input there, and a wait is added to every request at low load). Worth
-    # raising where batches are much cheaper per input (GPU). Measured by scripts/bench_runtime.py.
+    # raising where batches are much cheaper per input (GPU). Measured by bench/runtime.py.
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
 
     def batch_policy(self) -> BatchPolicy | None:
@@ -102,7 +102,7 @@ class NeuralServiceSettings(BatchingSettings):
     """Settings of a service whose model runs on torch or ONNX Runtime (vision, nlp)."""
 
     # Which backend a model folder that has both answers with: "onnx" (ONNX Runtime, the faster one:
-    # see scripts/bench_runtime.py) or "torch". Responses keep the model's name either way; the
+    # see bench/runtime.py) or "torch". Responses keep the model's name either way; the
     # version says which artifact answered (the ONNX one's ends in ".onnx.<key>").
     runtime: Literal["onnx", "torch"] = "onnx"
     # Intra-op threads per worker, for torch or ONNX Runtime; the default splits the cores between workers.

@@ -47,8 +47,8 @@ class GatewayState:
 
 
 async def get_state(request: Request) -> GatewayState:
-    # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, which cost ~9% of
-    # the gateway's CPU per request (measured with py-spy under load).
+    # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a hand-off per
+    # request (the profile in docs/benchmarks.md shows what that costs).
     state: GatewayState = request.app.state.gateway
     return state
 

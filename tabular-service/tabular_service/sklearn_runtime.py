@@ -97,7 +97,7 @@ class SklearnRuntime(ModelRuntime):
         self._labels_from_proba = has_proba and _predict_is_argmax(estimator)
         # After unpickling, which loads the BLAS/OpenMP libraries the limit applies to. The limit is
         # process-wide (the libraries have no other kind), so it is set once here: limiting around
-        # every call cost more CPU than the iris model's own prediction (py-spy, bench_oip).
+        # every call cost more CPU than the iris model's own prediction (py-spy, bench/oip.py).
         threadpool_limits(limits=self.threads)
 
     def unload(self) -> None:

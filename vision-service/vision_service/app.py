@@ -18,7 +18,7 @@ CLASSIFY_PATH = "/v1/vision/classify"
 class VisionSettings(NeuralServiceSettings):
     service_name: str = "vision-service"
     # Off by default: on 2 CPU cores an image costs nearly as much in a batch as alone, and under
-    # contention batching made p95 worse (scripts/bench_runtime.py; docs/runtime.md).
+    # contention batching made p95 worse (bench/runtime.py; docs/runtime.md).
     batching: bool = False
     # Largest image accepted, in pixels (width x height), whatever its file size, checked from the header
     # before anything is decoded (413 beyond). The default, 4096 x 4096, and why: image_runtime.py.

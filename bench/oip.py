@@ -1,9 +1,9 @@
 """Benchmark ModelGate's Open Inference Protocol path (`POST /v2/models/iris/infer`) against MLServer 1.7.1
 serving the same iris joblib file, side by side, with wrk.
 
-    python scripts/bench_oip.py            # ~5 minutes: 1, 8, 32 connections, 3 rounds of 5 s a point
-    python scripts/bench_oip.py --quick    # ~1.5 minutes: 2 rounds of 2 s a point
-    python scripts/bench_oip.py --targets mlserver --quick --no-docs   # MLServer alone
+    python -m bench.oip            # ~5 minutes: 1, 8, 32 connections, 3 rounds of 5 s a point
+    python -m bench.oip --quick    # ~1.5 minutes: 2 rounds of 2 s a point; the report stays in results/
+    python -m bench.oip --targets mlserver --quick   # MLServer alone
 
 Targets (each answers the same flower, 5.1/3.5/1.4/0.2 cm, a setosa):
 - MLServer 1.7.1 direct: `mlserver start` on the settings in scripts/peers/mlserver_iris/ (its sklearn
@@ -12,14 +12,14 @@ Targets (each answers the same flower, 5.1/3.5/1.4/0.2 cm, a setosa):
   extension (JSON header + 32 raw bytes, the output asked for with `binary_data: true`).
 - ModelGate's tabular-service direct (no gateway), JSON and binary, for reference.
 
-MLServer lives in its own virtual environment (build/mlserver-venv, made on first use; it never touches
-.venv), with scikit-learn, joblib and numpy pinned to .venv's so both sides unpickle the same model the
-same way. Before anything is measured every target must answer with the class the model itself predicts
-in this process. Rounds alternate the order of the targets at each connection count; the report gives
-the median of the rounds. MLServer is paused (SIGSTOP) while ModelGate is measured.
+MLServer lives in its own virtual environment (build/mlserver-venv, made by `make bench-tools`; it never
+touches .venv), with scikit-learn, joblib and numpy pinned to .venv's so both sides unpickle the same
+model the same way. Before anything is measured every target must answer with the class the model
+itself predicts in this process. Rounds alternate the order of the targets at each connection count;
+the report gives the median of the rounds. MLServer is paused (SIGSTOP) while ModelGate is measured.
 
-Writes results/bench-oip-<timestamp>/ (report.md, results.json, img/bench-oip.png, log tails) and copies
-the report to docs/benchmarks-oip.md and docs/img/bench-oip.png (unless --no-docs).
+Writes results/bench-oip-<timestamp>/ (report.md, results.json, img/bench-oip.png, log tails); a full run
+also copies the report to docs/benchmarks-oip.md and docs/img/bench-oip.png (unless --no-docs).
 """
 
 from __future__ import annotations
@@ -47,39 +47,37 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench import (
+
+from bench import report as md
+from bench.harness import (
+    FLOWER,
     GATEWAY_ENV,
-    WRK_LUA,
+    INFERENCE_HEADER,
+    REPO,
     PeerProcess,
     Point,
     Route,
     Target,
-    ensure_wrk,
-    fmt_ms,
+    Wrk,
     load_average,
+    log_tails,
     machine_info,
-    measure,
+    model_outputs,
+    oip_binary_body,
+    oip_json_body,
+    out_dir_for,
     pids_of,
-    publish,
-    run_wrk,
     save_log_tails,
     wait_http_ok,
 )
-
+from bench.tools import MLSERVER_VENV, require_mlserver, require_wrk
 from devstack import LocalStack, free_port, running_stack
 from modelgate_core.oip.dtypes import NUMPY_DTYPES
 
-REPO = Path(__file__).resolve().parent.parent
 PEER_SETTINGS = REPO / "scripts" / "peers" / "mlserver_iris"
-MLSERVER_VENV = REPO / "build" / "mlserver-venv"
-# uvloop newer than 0.21.0 stops MLServer 1.7.1's inference worker process from starting.
-MLSERVER_PINS = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.0")
-# Pinned to this interpreter's versions: the joblib pickle must load into the same classes on both sides.
-MODEL_LIBRARIES = ("scikit-learn", "joblib", "numpy")
 MODEL_FILES = (REPO / "models" / "iris" / "1" / "model.joblib", REPO / "artifacts" / "iris" / "model.joblib")
 MODEL_NAME = "iris"
 INFER_PATH = f"/v2/models/{MODEL_NAME}/infer"
-FLOWER = [5.1, 3.5, 1.4, 0.2]
 MODELGATE_INPUT = "input"
 MLSERVER_INPUT = "input-0"
 
@@ -92,30 +90,6 @@ TARGET_NAMES = {
     "direct-binary": "ModelGate service direct (binary)",
 }
 
-# bench.py's wrk script, plus extra request headers read from `<body file>.headers` ("Name: value" a
-# line): the binary extension needs Inference-Header-Content-Length. Its summary line (`done`) is
-# bench.py's own, so bench.run_wrk parses it.
-WRK_OIP_LUA = r"""
-function init(args)
-  wrk.method = "POST"
-  local f = assert(io.open(args[1], "rb"))
-  wrk.body = f:read("*a")
-  f:close()
-  wrk.headers["Content-Type"] = args[2]
-  if args[3] ~= nil and args[3] ~= "" then wrk.headers["X-API-Key"] = args[3] end
-  local h = io.open(args[1] .. ".headers", "rb")
-  if h ~= nil then
-    for line in h:lines() do
-      local name, value = line:match("^([^:]+):%s*(.-)%s*$")
-      if name ~= nil then wrk.headers[name] = value end
-    end
-    h:close()
-  end
-end
-
-""" + WRK_LUA[WRK_LUA.index("function done") :]
-
-
 # ----------------------------------------------------------------------------------------------------
 # What is measured
 
@@ -126,8 +100,7 @@ class Subject:
 
     key: str
     target: Target
-    route: Route
-    extra_headers: dict[str, str]
+    route: Route  # its headers: Inference-Header-Content-Length for a binary body
     groups: dict[str, Callable[[], list[int]]]  # process group -> pids, for CPU per request
     pause: Callable[[bool], None] | None = None  # SIGSTOP/SIGCONT while others are measured
 
@@ -168,33 +141,8 @@ class OipReport:
 # Request bodies and answers
 
 
-def json_body(input_name: str) -> bytes:
-    tensor = {"name": input_name, "shape": [1, len(FLOWER)], "datatype": "FP64", "data": FLOWER}
-    return json.dumps({"inputs": [tensor]}, separators=(",", ":")).encode()
-
-
-def binary_body(output_names: Sequence[str]) -> tuple[bytes, int]:
-    """The binary tensor extension's body (JSON header, then the four float64s little-endian) and the
-    header's length. Outputs are asked for by name with `binary_data: true`, or all of them with the
-    request-level `binary_data_output` when the model's metadata lists none."""
-    raw = struct.pack(f"<{len(FLOWER)}d", *FLOWER)
-    tensor = {
-        "name": MODELGATE_INPUT,
-        "shape": [1, len(FLOWER)],
-        "datatype": "FP64",
-        "parameters": {"binary_data_size": len(raw)},
-    }
-    header: dict[str, Any] = {"inputs": [tensor]}
-    if output_names:
-        header["outputs"] = [{"name": n, "parameters": {"binary_data": True}} for n in output_names]
-    else:
-        header["parameters"] = {"binary_data_output": True}
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    return encoded + raw, len(encoded)
-
-
 def send(subject: Subject) -> tuple[int, dict[str, str], bytes]:
-    headers = {"content-type": subject.route.content_type, **subject.extra_headers}
+    headers = {"content-type": subject.route.content_type, **subject.route.headers}
     if subject.target.api_key:
         headers["x-api-key"] = subject.target.api_key
     request = urllib.request.Request(
@@ -356,32 +304,6 @@ def local_prediction(model_file: Path) -> tuple[int, str]:
     return list(model.classes_).index(predicted), kind
 
 
-def ensure_mlserver(venv: Path = MLSERVER_VENV) -> dict[str, str]:
-    """Create MLServer's own venv on first use (or when the pins change); the versions installed there."""
-    pins = [*MLSERVER_PINS, *(f"{name}=={metadata.version(name)}" for name in MODEL_LIBRARIES)]
-    python = venv / "bin" / "python"
-    stamp = venv / ".installed"
-    if not (python.exists() and stamp.is_file() and stamp.read_text() == "\n".join(pins)):
-        print(f"==> installing MLServer into {venv.relative_to(REPO)} (its own venv, once): {' '.join(pins)}")
-        sys.stdout.flush()
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--progress-bar", "on", *pins], check=True)
-        stamp.write_text("\n".join(pins))
-    probe = (
-        "import json, mlserver_sklearn; from importlib import metadata; "
-        "print(json.dumps({n: metadata.version(n) for n in ('mlserver', 'mlserver-sklearn', 'uvloop', "
-        "'scikit-learn', 'numpy', 'joblib', 'fastapi', 'uvicorn')}))"
-    )
-    found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
-    if found.returncode != 0:
-        tail = found.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise SystemExit(f"MLServer's venv {venv} is broken ({tail[0]}); delete it and run again")
-    versions: dict[str, str] = json.loads(found.stdout)
-    print(f"==> MLServer venv: {', '.join(f'{k} {v}' for k, v in versions.items())}", flush=True)
-    return versions
-
-
 def mlserver_settings(model_file: Path, workers: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The committed settings (scripts/peers/mlserver_iris/) with free ports, the worker count and the
     model file filled in."""
@@ -448,47 +370,15 @@ def stop_mlserver(peer: PeerProcess, grace: float = 5.0) -> None:
     peer.stop()  # reaps it, and kills whatever of its process group is left
 
 
-def log_tails(logs: Sequence[Path], lines: int = 6, width: int = 300) -> str:
-    """The last few error lines of each log: ModelGate's JSON records at ERROR (with the exception's last
-    line), or the plain last lines of a log that is not JSON (MLServer's)."""
-    parts: list[str] = []
-    for log in logs:
-        with suppress(OSError):
-            picked: list[str] = []
-            for line in log.read_text(errors="replace").strip().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    picked.append(line)
-                    continue
-                if isinstance(record, dict) and record.get("level") in ("ERROR", "CRITICAL"):
-                    cause = str(record.get("exc_info", "")).strip().splitlines()[-1:]
-                    picked.append(" | ".join([str(record.get("message", "")), *cause]))
-            if picked:
-                shown = "\n".join(f"    {line[:width]}" for line in picked[-lines:])
-                parts.append(f"  {log.name}:\n{shown}")
-    return "\n".join(parts)
-
-
 # ----------------------------------------------------------------------------------------------------
 # ModelGate
-
-
-def model_outputs(base_url: str, api_key: str) -> list[str]:
-    """Output names from ModelGate's model metadata (empty when it lists none or does not answer)."""
-    request = urllib.request.Request(f"{base_url}/v2/models/{MODEL_NAME}", headers={"x-api-key": api_key})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return [str(o["name"]) for o in json.loads(resp.read()).get("outputs", [])]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
 
 
 def modelgate_subjects(stack: LocalStack, key: str, wanted: Sequence[str]) -> list[Subject]:
     tabular = pids_of(stack, "tabular")
     gateway = pids_of(stack, "gateway")
     outputs = model_outputs(stack.url("gateway"), key)
-    binary, header_length = binary_body(outputs)
+    binary, header_length = oip_binary_body(outputs, MODELGATE_INPUT)
     subjects: list[Subject] = []
     for name in wanted:
         if name == "mlserver":
@@ -496,9 +386,9 @@ def modelgate_subjects(stack: LocalStack, key: str, wanted: Sequence[str]) -> li
         via_gateway = name.startswith("gateway")
         is_binary = name.endswith("binary")
         route = (
-            infer_route(name, "application/octet-stream", binary)
+            infer_route(name, "application/octet-stream", binary, {INFERENCE_HEADER: str(header_length)})
             if is_binary
-            else infer_route(name, "application/json", json_body(MODELGATE_INPUT))
+            else infer_route(name, "application/json", oip_json_body(MODELGATE_INPUT))
         )
         target = Target(
             TARGET_NAMES[name],
@@ -507,25 +397,24 @@ def modelgate_subjects(stack: LocalStack, key: str, wanted: Sequence[str]) -> li
             key if via_gateway else "",
         )
         groups = {"tabular": tabular, **({"gateway": gateway} if via_gateway else {})}
-        extra = {"Inference-Header-Content-Length": str(header_length)} if is_binary else {}
-        subjects.append(Subject(name, target, route, extra, groups))
+        subjects.append(Subject(name, target, route, groups))
     return subjects
 
 
 def mlserver_subject(peer: PeerProcess) -> Subject:
-    route = infer_route("mlserver", "application/json", json_body(MLSERVER_INPUT))
+    route = infer_route("mlserver", "application/json", oip_json_body(MLSERVER_INPUT))
     target = Target(TARGET_NAMES["mlserver"], "mlserver", peer.url)
-    return Subject("mlserver", target, route, {}, {"mlserver": peer.pids}, peer.pause)
+    return Subject("mlserver", target, route, {"mlserver": peer.pids}, peer.pause)
 
 
-def infer_route(name: str, content_type: str, body: bytes) -> Route:
-    # bench.Route's `check` reads JSON answers only; check_answers reads binary ones too, so it is not used.
-    return Route(name, INFER_PATH, "tabular", content_type, body, check=lambda _: True)
+def infer_route(name: str, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> Route:
+    # Route's `check` reads JSON answers only; check_answers reads binary ones too, so it is not used.
+    return Route(name, INFER_PATH, "tabular", content_type, body, check=lambda _: True, headers=headers or {})
 
 
 def shown_body(subject: Subject) -> str:
     """The body as text: JSON as is; a binary one as its JSON header and the raw bytes' size."""
-    length = subject.extra_headers.get("Inference-Header-Content-Length")
+    length = subject.route.headers.get(INFERENCE_HEADER)
     if length is None:
         return subject.route.body.decode()
     header, raw = subject.route.body[: int(length)], subject.route.body[int(length) :]
@@ -581,18 +470,6 @@ def servers(
 # The run
 
 
-def write_bodies(subjects: Sequence[Subject], run_dir: Path) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for subject in subjects:
-        path = run_dir / f"body-{subject.key}"
-        path.write_bytes(subject.route.body)
-        if subject.extra_headers:
-            lines = (f"{k}: {v}" for k, v in subject.extra_headers.items())
-            (run_dir / f"body-{subject.key}.headers").write_text("\n".join(lines) + "\n")
-        files[subject.key] = path
-    return files
-
-
 @contextmanager
 def resumed(subject: Subject) -> Iterator[None]:
     if subject.pause:
@@ -604,14 +481,12 @@ def resumed(subject: Subject) -> Iterator[None]:
             subject.pause(True)
 
 
-def measure_all(
-    wrk: str, lua: Path, bodies: Mapping[str, Path], subjects: Sequence[Subject], report: OipReport
-) -> None:
+def measure_all(wrk: Wrk, subjects: Sequence[Subject], report: OipReport) -> None:
     """One warm-up per target, then each round: every connection count, the targets back to back in an
     order that alternates, so a drifting machine load hits them alike."""
     for subject in subjects:
         with resumed(subject):
-            run_wrk(wrk, lua, bodies[subject.key], subject.target, subject.route, 8, report.warmup_s)
+            wrk.run(subject.target, subject.route, 8, report.warmup_s)
     total = report.rounds * len(report.concurrencies) * len(subjects)
     done = 0
     for round_index in range(report.rounds):
@@ -619,15 +494,8 @@ def measure_all(
             forward = (round_index + c_index) % 2 == 0
             for subject in subjects if forward else list(reversed(subjects)):
                 with resumed(subject):
-                    point = measure(
-                        wrk,
-                        lua,
-                        bodies[subject.key],
-                        subject.target,
-                        subject.route,
-                        connections,
-                        report.duration_s,
-                        subject.groups,
+                    point = wrk.measure(
+                        subject.target, subject.route, connections, report.duration_s, subject.groups
                     )
                 report.points.append(RoundPoint(**asdict(point), round=round_index + 1))
                 done += 1
@@ -648,7 +516,7 @@ def run(args: argparse.Namespace, command: str) -> Path:
             f"--targets: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(TARGET_KEYS)}"
         )
     wanted = [k for k in TARGET_KEYS if k in wanted]
-    wrk, wrk_version = ensure_wrk()
+    wrk_path, wrk_version = require_wrk()
     model_file = pick_model_file(args.model_file)
     labels = model_labels(model_file)
     expected, model_kind = local_prediction(model_file)
@@ -661,11 +529,9 @@ def run(args: argparse.Namespace, command: str) -> Path:
     server_settings: dict[str, Any] = {}
     model_settings: dict[str, Any] = {}
     if "mlserver" in wanted:
-        versions["mlserver (build/mlserver-venv)"] = ensure_mlserver()
+        versions["mlserver (build/mlserver-venv)"] = require_mlserver()
         server_settings, model_settings = mlserver_settings(model_file, args.workers)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(args.out or REPO / "results" / f"bench-oip-{stamp}")
-    (out_dir / "img").mkdir(parents=True, exist_ok=True)
+    out_dir = out_dir_for("bench-oip", args.out)
     report = OipReport(
         started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         command=command,
@@ -691,8 +557,7 @@ def run(args: argparse.Namespace, command: str) -> Path:
     print(f"==> machine: {report.machine['cpu_model']}, load {report.load_before}", flush=True)
     with tempfile.TemporaryDirectory(prefix="modelgate-bench-oip-") as tmp:
         run_dir = Path(tmp)
-        lua = run_dir / "oip.lua"
-        lua.write_text(WRK_OIP_LUA)
+        wrk = Wrk(wrk_path, wrk_version, run_dir)
         try:
             with servers(wanted, args.workers, run_dir, server_settings, model_settings) as subjects:
                 report.answers = check_answers(subjects, expected, labels)
@@ -705,14 +570,13 @@ def run(args: argparse.Namespace, command: str) -> Path:
                 )
                 report.targets = [s.target.name for s in subjects]
                 report.requests = {s.target.name: shown_body(s) for s in subjects}
-                measure_all(wrk, lua, write_bodies(subjects, run_dir), subjects, report)
+                measure_all(wrk, subjects, report)
         finally:
             save_log_tails(run_dir, out_dir / "logs")
             print(f"==> process logs: {out_dir / 'logs'}", flush=True)
     report.load_after = load_average()
     write_report(report, out_dir)
-    if not args.no_docs:
-        publish_report(out_dir)
+    md.publish(out_dir, "benchmarks-oip.md", ["img/bench-oip.png"], full_run=not (args.quick or args.no_docs))
     return out_dir
 
 
@@ -784,7 +648,7 @@ def goal_rows(report: OipReport, summaries: Mapping[tuple[str, int], Summary]) -
         if ours and theirs:
             ratio = ours.rps / theirs.rps
             measured = f"{ratio:.2f} ({ours.rps:.0f} vs {theirs.rps:.0f} req/s){errors_note(ours, theirs)}"
-            verdict = "met" if ratio >= 1.0 else "**not met**"
+            verdict = md.verdict(ratio >= 1.0)
         else:
             measured, verdict = why, "n/a"
         rows.append(
@@ -795,7 +659,7 @@ def goal_rows(report: OipReport, summaries: Mapping[tuple[str, int], Summary]) -
         if ours and theirs:
             ratio = ours.p50_ms / theirs.p50_ms
             measured = f"{ratio:.2f} ({ours.p50_ms:.2f} vs {theirs.p50_ms:.2f} ms){errors_note(ours, theirs)}"
-            verdict = "met" if ratio <= 1.0 else "**not met**"
+            verdict = md.verdict(ratio <= 1.0)
         else:
             measured, verdict = why, "n/a"
         rows.append(
@@ -828,46 +692,39 @@ def result_rows(report: OipReport, summaries: Mapping[tuple[str, int], Summary])
             versus = f"{s.rps / baseline.rps:.2f}" if baseline else "n/a"
             rows.append(
                 f"| {connections} | {target} | {s.rps:.0f} | {s.rps_min:.0f} to {s.rps_max:.0f} | {versus} | "
-                f"{fmt_ms(s.p50_ms)} | {fmt_ms(s.p99_ms)} | {s.errors} | {cpu_text(s.cpu_ms_per_req)} | "
+                f"{md.fmt_ms(s.p50_ms)} | {md.fmt_ms(s.p99_ms)} | {s.errors} | "
+                f"{cpu_text(s.cpu_ms_per_req)} | "
                 f"{s.foreign_cores:.2f} |"
             )
     return rows
 
 
 def write_plot(report: OipReport, summaries: Mapping[tuple[str, int], Summary], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
-    fig, (ax_rps, ax_p50) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=80)
+    series = []
     for target in report.targets:
-        series = [summaries[(target, c)] for c in report.concurrencies if (target, c) in summaries]
-        xs = [s.connections for s in series]
-        style = "--" if "direct (" in target and "MLServer" not in target else "-"
-        (line,) = ax_rps.plot(xs, [s.rps for s in series], marker="o", ls=style, label=target)
-        ax_p50.plot(
-            xs, [s.p50_ms for s in series], marker="o", ls=style, color=line.get_color(), label=target
+        points = [summaries[(target, c)] for c in report.concurrencies if (target, c) in summaries]
+        dashed = "direct (" in target and "MLServer" not in target
+        series.append(
+            md.Series(
+                target,
+                [s.connections for s in points],
+                [s.rps for s in points],
+                [s.p50_ms for s in points],
+                dashed=dashed,
+            )
         )
-    for ax in (ax_rps, ax_p50):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(report.concurrencies, [str(c) for c in report.concurrencies])
-        ax.set_xlabel("concurrent connections (wrk)")
-        ax.grid(alpha=0.3)
-    ax_rps.set_ylabel("requests / s (median of rounds)")
-    ax_rps.set_ylim(bottom=0)
-    ax_rps.set_title(f"iris {INFER_PATH}: throughput")
-    ax_p50.set_yscale("log")
-    ax_p50.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax_p50.yaxis.set_major_formatter(ScalarFormatter())
-    ax_p50.yaxis.set_minor_formatter(NullFormatter())
-    ax_p50.set_ylabel("p50 latency, ms")
-    ax_p50.set_title("median latency")
-    ax_rps.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    md.plot_connections(
+        path,
+        series,
+        report.concurrencies,
+        rps_title=f"iris {INFER_PATH}: throughput",
+        latency_title="median latency",
+        rps_label="requests / s (median of rounds)",
+        latency_label="p50 latency, ms",
+        xlabel="concurrent connections (wrk)",
+        size=(10, 3.8),
+        plain_latency_ticks=True,
+    )
 
 
 def write_report(report: OipReport, out_dir: Path) -> None:
@@ -989,16 +846,15 @@ def load_report(path: Path) -> OipReport:
     return OipReport(**data, points=points)
 
 
-def publish_report(out_dir: Path) -> None:
-    publish(out_dir, "benchmarks-oip.md", "bench-oip.png")
-    print("==> copied to docs/benchmarks-oip.md and docs/img/bench-oip.png", flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 2 s a point (~1.5 minutes)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 rounds of 2 s a point (~1.5 minutes); the report stays in results/",
+    )
     parser.add_argument("--duration", type=int, help="seconds per point (default 5, quick 2)")
     parser.add_argument("--warmup", type=int, help="warm-up seconds per target (default 2, quick 1)")
     parser.add_argument("--rounds", type=int, help="rounds per point (default 3, quick 2)")
@@ -1023,10 +879,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render:
         source = Path(args.render)
-        write_report(load_report(source), source.parent)
-        if not args.no_docs:
-            publish_report(source.parent)
-        print(f"==> report: {source.parent / 'report.md'}")
+        report = load_report(source)
+        write_report(report, source.parent)
+        full_run = not (report.quick or args.no_docs)
+        md.publish(source.parent, "benchmarks-oip.md", ["img/bench-oip.png"], full_run=full_run)
         return 0
     args.duration = max(1, args.duration or (2 if args.quick else 5))
     args.warmup = max(1, args.warmup or (1 if args.quick else 2))
@@ -1039,7 +895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         connections = []
     if not connections or min(connections) < 1:
         parser.error(f"--concurrency {args.concurrency!r}: give whole numbers >= 1, comma-separated")
-    command = shlex.join(["python", "scripts/bench_oip.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "bench.oip", *(sys.argv[1:] if argv is None else argv)])
     # A supervisor's SIGTERM unwinds like Ctrl-C: every server this started is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     started = time.monotonic()
@@ -1048,7 +904,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: every server this run started has been stopped", file=sys.stderr)
         return 130
-    print(f"==> report: {out_dir / 'report.md'} ({time.monotonic() - started:.0f}s)", flush=True)
+    print(f"==> {out_dir} ({time.monotonic() - started:.0f}s)", flush=True)
     return 0
 
 

@@ -1,8 +1,8 @@
 """Tune Gunicorn workers and model threads per service on this machine, and size the stack's memory.
 
-    python scripts/bench_workers.py            # ~13 minutes: 3 rounds, 5 s a point
-    python scripts/bench_workers.py --quick    # ~4 minutes: 1 round, 3 s a point
-    python scripts/bench_workers.py --render results/workers-*/results.json   # pool earlier runs
+    python -m bench.workers            # ~13 minutes: 3 rounds, 5 s a point
+    python -m bench.workers --quick    # ~4 minutes: 1 round, 3 s a point; the report stays in results/
+    python -m bench.workers --render results/workers-*/results.json   # pool earlier runs
 
 For every service, one Gunicorn per configuration (Uvicorn workers x intra-op threads per worker, set
 with WEB_CONCURRENCY and TORCH_THREADS), started one at a time: the seconds from process start until
@@ -20,8 +20,8 @@ disturbed by other work on a shared machine does not decide); among configuratio
 the one using the least memory. Several runs can be pooled (`--render`) where one run is too noisy.
 Then starts the whole stack with the picks and measures its memory, and, where Docker answers and
 the images are built, the compose stack as shipped (`docker stats`).
-Writes results/workers-<timestamp>/ (report.md, results.json, workers.png) and copies the report to
-docs/workers.md and docs/img/workers.png (unless --no-docs).
+Writes results/workers-<timestamp>/ (report.md, results.json, img/workers.png); a full run also copies
+the report to docs/workers.md and docs/img/workers.png (unless --no-docs).
 """
 
 from __future__ import annotations
@@ -45,25 +45,25 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from bench import (
+
+from bench import report as md
+from bench.harness import (
     GATEWAY_ENV,
-    WRK_LUA,
+    REPO,
     Point,
     Route,
     Target,
-    ensure_wrk,
+    Wrk,
     load_average,
     machine_info,
     make_routes,
-    measure,
-    run_wrk,
+    out_dir_for,
     tree_pids,
     verify,
 )
-
+from bench.tools import require_wrk
 from devstack import SERVICES, LocalStack, compose_command, compose_env, free_port
 
-REPO = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 32)
 NEAR_BEST = 0.95  # a configuration this close to the best throughput counts as just as fast
 
@@ -184,6 +184,7 @@ class Report:
     stack_configs: dict[str, Config] = field(default_factory=dict)  # what that stack ran
     compose_memory: dict[str, float] | str = ""  # compose service -> MiB, or why it was not measured
     pooled: list[str] = field(default_factory=list)  # when rendered from several runs: when each ran
+    quick: bool = False  # a --quick run (or pooled with one): its report stays in results/
 
 
 def load_report(path: Path) -> Report:
@@ -220,6 +221,7 @@ def pooled(reports: Sequence[Report]) -> Report:
         stack_configs=latest.stack_configs,
         compose_memory=latest.compose_memory,
         pooled=[f"{r.started} ({r.rounds} rounds)" for r in reports],
+        quick=any(r.quick for r in reports),
     )
     for cell in latest.cells:
         points = [
@@ -358,21 +360,17 @@ def started_configs(
 
 
 def bench_service(
-    service: str, wrk: str, run_dir: Path, routes: dict[str, Route], report: Report, warmup: int
+    service: str, wrk: Wrk, run_dir: Path, routes: dict[str, Route], report: Report, warmup: int
 ) -> None:
     route_names, configs = PLANS[service]
     print(f"==> {service}: {', '.join(c.label for c in configs)}", flush=True)
-    lua = run_dir / "bench.lua"
-    bodies = {name: run_dir / f"body-{name}" for name in route_names}
-    for name, path in bodies.items():
-        path.write_bytes(routes[name].body)
     service_dir = run_dir / service
     service_dir.mkdir()
     with started_configs(service, configs, service_dir, report) as running:
         for each in running:
             for name in route_names:
                 verify(each.target, routes[name])
-                run_wrk(wrk, lua, bodies[name], each.target, routes[name], 8, warmup)
+                wrk.run(each.target, routes[name], 8, warmup)
         for rnd in range(report.rounds):
             shift = rnd % len(running)
             order = running[shift:] + running[:shift]
@@ -380,16 +378,8 @@ def bench_service(
                 for name in route_names:
                     for each in order:
                         cell, target = each.cell, each.target
-                        point = measure(
-                            wrk,
-                            lua,
-                            bodies[name],
-                            target,
-                            routes[name],
-                            connections,
-                            report.duration_s,
-                            {service: target.pids, "backends": each.backend_pids},
-                        )
+                        groups = {service: target.pids, "backends": each.backend_pids}
+                        point = wrk.measure(target, routes[name], connections, report.duration_s, groups)
                         cell.points.append(point)
                         print(
                             f"    round {rnd + 1} c={connections:<3} {name:<9} {cell.config.label:<22}"
@@ -556,41 +546,32 @@ def latency_notes(report: Report) -> list[str]:
 
 
 def write_plot(report: Report, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    services = list(dict.fromkeys(c.service for c in report.cells))
-    fig, axes = plt.subplots(2, len(services), figsize=(4 * len(services), 6.4), dpi=80, squeeze=False)
-    for col, service in enumerate(services):
+    panels = []
+    for service in dict.fromkeys(c.service for c in report.cells):
         cells = [c for c in report.cells if c.service == service]
-        labels = [c.config.label.replace(" x ", "\nx ") for c in cells]
-        colors = ["tab:green" if c.config == report.picks.get(service) else "tab:blue" for c in cells]
-        ax = axes[0][col]
         reference = next((c for c in cells if c.config == SHIPPED[service]), cells[0])
-        ax.bar(range(len(cells)), [c.throughput_vs(reference) for c in cells], color=colors)
-        ax.axhline(1.0, color="grey", lw=0.8)
-        ax.set_title(f"{service}: req/s at 32 conns vs shipped", fontsize=9)
-        ax.set_xticks(range(len(cells)), labels, fontsize=7)
-        ax = axes[1][col]
-        ax.bar(range(len(cells)), [c.memory.total_pss for c in cells], color=colors)
-        ax.set_title(f"{service}: memory (PSS MiB)", fontsize=9)
-        ax.set_xticks(range(len(cells)), labels, fontsize=7)
-    fig.suptitle("Gunicorn workers x intra-op threads on this machine (green: picked)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        panels.append(
+            md.BarPanel(
+                title_top=f"{service}: req/s at 32 conns vs shipped",
+                title_bottom=f"{service}: memory (PSS MiB)",
+                labels=[c.config.label.replace(" x ", "\nx ") for c in cells],
+                top=[c.throughput_vs(reference) for c in cells],
+                bottom=[c.memory.total_pss for c in cells],
+                colors=["tab:green" if c.config == report.picks.get(service) else "tab:blue" for c in cells],
+                reference_line=1.0,
+            )
+        )
+    md.plot_bar_grid(path, panels, "Gunicorn workers x intra-op threads on this machine (green: picked)")
 
 
 def write_report(report: Report, out_dir: Path) -> None:
     (out_dir / "results.json").write_text(json.dumps(asdict(report), indent=2))
-    write_plot(report, out_dir / "workers.png")
+    write_plot(report, out_dir / "img" / "workers.png")
     m = report.machine
     lines = [
         "# Workers, threads and memory",
         "",
-        f"Generated by `scripts/bench_workers.py` (`make bench-workers`) on {report.started}. All on one "
+        f"Generated by `python -m bench.workers` (`make bench-workers`) on {report.started}. All on one "
         "machine; the configurations of a service were measured alternately, so **read the ratios**.",
         "",
         f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable), "
@@ -674,21 +655,17 @@ def write_report(report: Report, out_dir: Path) -> None:
     (out_dir / "report.md").write_text("\n".join(lines))
 
 
-def publish(out_dir: Path, no_docs: bool) -> None:
-    if not no_docs:
-        shutil.copyfile(out_dir / "report.md", REPO / "docs" / "workers.md")
-        shutil.copyfile(out_dir / "workers.png", REPO / "docs" / "img" / "workers.png")
-    print(
-        f"==> report: {out_dir / 'report.md'}" + ("" if no_docs else " (copied to docs/workers.md)"),
-        flush=True,
-    )
+def publish(out_dir: Path, full_run: bool) -> None:
+    md.publish(out_dir, "workers.md", ["img/workers.png"], full_run=full_run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="1 round, 3 s a point")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 round, 3 s a point; the report stays in results/"
+    )
     parser.add_argument("--rounds", type=int, help="rounds of every point (default 3, quick 1)")
     parser.add_argument("--duration", type=int, help="seconds per point (default 5, quick 3)")
     parser.add_argument("--services", default=",".join(PLANS), help=f"comma list of {', '.join(PLANS)}")
@@ -706,26 +683,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render:
         report = pooled([load_report(Path(path)) for path in args.render])
         out_dir = Path(args.out or Path(args.render[-1]).parent)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "img").mkdir(parents=True, exist_ok=True)
         write_report(report, out_dir)
-        publish(out_dir, args.no_docs)
+        publish(out_dir, full_run=not (report.quick or args.no_docs))
         return 0
-    wrk, wrk_version = ensure_wrk()
+    wrk_path, wrk_version = require_wrk()
     report = Report(
         started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         rounds=args.rounds or (1 if args.quick else 3),
         duration_s=args.duration or (3 if args.quick else 5),
         machine=machine_info(wrk_version),
         load_before=load_average(),
+        quick=args.quick,
     )
-    out_dir = Path(args.out or REPO / "results" / f"workers-{time.strftime('%Y%m%d-%H%M%S')}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = out_dir_for("workers", args.out)
     routes = {r.name: r for r in make_routes()}
     services = [s.strip() for s in args.services.split(",") if s.strip()]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="modelgate-workers-") as tmp:
         run_dir = Path(tmp)
-        (run_dir / "bench.lua").write_text(WRK_LUA)
+        wrk = Wrk(wrk_path, wrk_version, run_dir)
         for service in services:
             bench_service(service, wrk, run_dir, routes, report, warmup=1 if args.quick else 2)
             report.picks[service] = pick([c for c in report.cells if c.service == service])
@@ -742,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"    {report.compose_memory}", flush=True)
     report.load_after = load_average()
     write_report(report, out_dir)
-    publish(out_dir, args.no_docs)
+    publish(out_dir, full_run=not (args.quick or args.no_docs))
     print(f"==> {time.monotonic() - started:.0f}s", flush=True)
     return 0
 

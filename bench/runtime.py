@@ -1,7 +1,9 @@
-"""Measure the two "Performance" levers on this machine, in one run: ONNX Runtime vs torch, and batching.
+"""Measure the two "Performance" levers on this machine, in one run: ONNX Runtime vs torch, and batching;
+and how close each model service comes to its physical limit.
 
-    python scripts/bench_runtime.py                                   # ~7 minutes
-    python scripts/bench_runtime.py --services nlp --rounds 2 --skip-latency   # ~1 minute
+    python -m bench.runtime                                   # ~10 minutes
+    python -m bench.runtime --quick                           # ~4 minutes: 1 round of 3 s, modes off and on
+    python -m bench.runtime --services nlp --rounds 2 --skip-latency --skip-limit   # ~1 minute
 
 (a) Model call latency, in this process: each built-in model's runtime (`models/<name>/1`, or under
     MODEL_REPOSITORY) on both backends, torch and ONNX, with a batch of 1 and of 32 prepared inputs,
@@ -14,8 +16,18 @@
     them; after each, one client alone (what batching costs when idle). Reports throughput, p50/p95,
     the mean model batch size (the service's /metrics) and the load generator's own CPU use.
 
+(c) The physical limit, per service (vision, nlp): the throughput it serves at 32 connections (wrk,
+    direct to one Gunicorn worker with the service's defaults, no gateway) against the same pipeline run
+    in this process at full speed: the runtime built as the service builds it (its settings: backend,
+    threads, and for vision the pixel budget), decode/tokenise + preprocess + model + postprocess on the
+    same request, batched as served (the mean batch the service's metrics saw under that load: its
+    batch policy at work; 1 where batching is off). The ratio is the share of the machine's model speed
+    the serving stack delivers; where it falls short of 0.8, a py-spy profile of the service worker under
+    the same load says where the time goes.
+
 The machine is shared and its load moves every figure: read the ratios of interleaved measurements,
-not the absolute ones. Prints markdown tables and writes results/runtime.md and results/runtime.png.
+not the absolute ones. Prints markdown tables and writes results/runtime-<timestamp>/ (report.md,
+img/runtime.png, the profiles); docs/runtime.md is a copy of a full run's report, made by hand.
 """
 
 from __future__ import annotations
@@ -25,7 +37,6 @@ import asyncio
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
@@ -39,19 +50,27 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parent.parent
-for _path in ("core", "vision-service", "nlp-service", "scripts"):
-    if str(REPO / _path) not in sys.path:
-        sys.path.insert(0, str(REPO / _path))
+import numpy as np
 
-import numpy as np  # noqa: E402
+from bench import report as md
+from bench.harness import (
+    ASSETS,
+    REPO,
+    SENTENCE,
+    Target,
+    Wrk,
+    make_routes,
+    out_dir_for,
+    pids_of,
+    profile_under_load,
+    verify,
+)
+from bench.tools import require_wrk
+from devstack import LocalStack, free_port
+from modelgate_core.repository.runtime import ModelContext, ModelRuntime, Tensors
 
-from devstack import LocalStack, free_port  # noqa: E402
-from modelgate_core.repository.runtime import ModelContext, ModelRuntime, Tensors  # noqa: E402
-
-ASSETS = REPO / "tests" / "assets"
-RESULTS = REPO / "results"
 CLIENTS = 32
+LIMIT_GOAL = 0.8  # served throughput / the in-process pipeline's, at 32 connections
 # Tweet-like texts of different lengths; batches cycle through them, as real traffic would mix them.
 TEXTS = (
     "I love this product, it works perfectly!",
@@ -411,69 +430,308 @@ def goal_lines(runs: Sequence[LoadRun], sweep: Sequence[Latency]) -> str:
     return "\n".join(lines)
 
 
+# --- (c) the physical limit -------------------------------------------------------------------------
+
+ROUTE_OF = {"vision": "classify", "nlp": "sentiment"}
+
+
+@dataclass
+class Limit:
+    """One service: what it serves at 32 connections, and what its pipeline does in this process."""
+
+    service: str
+    backend: str
+    threads: int
+    batching: str  # the batch policy, as text
+    served_rps: float = 0.0
+    served_p50_ms: float = 0.0
+    served_errors: int = 0
+    served_mean_batch: float = 1.0
+    served_cpu_ms: float = 0.0  # the service's CPU per answered request
+    batch: int = 1  # the in-process batch: the served mean batch, rounded
+    inprocess_rps: float = 0.0  # inputs per second at `batch`
+    stages_ms: dict[str, float] = field(default_factory=dict)  # stage -> ms per input, in process
+    full_batch: int = 1  # the largest batch the policy allows at 32 connections
+    full_batch_rps: float = 0.0
+    profile: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.served_rps / self.inprocess_rps if self.inprocess_rps else float("nan")
+
+
+def service_settings(service: str) -> Any:
+    """The service's own settings class, read from the environment as a worker reads it (one worker)."""
+    os.environ.setdefault("WEB_CONCURRENCY", "1")
+    if service == "vision":
+        from vision_service.app import VisionSettings
+
+        return VisionSettings()
+    from nlp_service.app import NlpSettings
+
+    return NlpSettings()
+
+
+def service_runtime(
+    service: str, settings: Any
+) -> tuple[ModelRuntime, Callable[[int], Tensors], dict[str, Any]]:
+    """The runtime as the service's create_app builds it, loaded; a function making `n` raw inputs (the
+    request's own bytes), and the request's parameters."""
+    if service == "vision":
+        from vision_service.decode import DecodeBudget
+        from vision_service.image_runtime import DECODES_AT_ONCE, ImageClassificationRuntime
+
+        image = (ASSETS / "coffee.jpg").read_bytes()
+        runtime: ModelRuntime = ImageClassificationRuntime(
+            context_of("imagenet"),
+            backend=settings.runtime,
+            threads=settings.torch_threads,
+            max_pixels=settings.vision_max_image_pixels,
+            decode_budget=DecodeBudget(DECODES_AT_ONCE * settings.vision_max_image_pixels),
+        )
+        runtime.load()
+        return runtime, lambda n: {"image": np.array([image] * n, dtype=object)}, {"top_k": 5}
+    from nlp_service.text_runtime import TextClassificationRuntime
+
+    runtime = TextClassificationRuntime(
+        context_of("sentiment"),
+        backend=settings.runtime,
+        threads=settings.torch_threads,
+        truncate=settings.nlp_truncate,
+    )
+    runtime.load()
+    return runtime, lambda n: {"text": np.array([SENTENCE.encode()] * n, dtype=object)}, {}
+
+
+def pipeline_rate(
+    runtime: ModelRuntime,
+    make: Callable[[int], Tensors],
+    parameters: dict[str, Any],
+    batch: int,
+    seconds: float,
+) -> tuple[float, dict[str, float]]:
+    """Inputs per second through preprocess + predict + postprocess at `batch`, back to back for `seconds`,
+    and each stage's ms per input."""
+    inputs = make(batch)
+    for _ in range(3):  # warm-up: lazy allocations, kernel selection
+        runtime.postprocess(runtime.predict(runtime.preprocess(inputs, parameters)), parameters)
+    spent = {"preprocess": 0.0, "predict": 0.0, "postprocess": 0.0}
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        t0 = time.perf_counter()
+        prepared = runtime.preprocess(inputs, parameters)
+        t1 = time.perf_counter()
+        outputs = runtime.predict(prepared)
+        t2 = time.perf_counter()
+        runtime.postprocess(outputs, parameters)
+        t3 = time.perf_counter()
+        spent["preprocess"] += t1 - t0
+        spent["predict"] += t2 - t1
+        spent["postprocess"] += t3 - t2
+        done += batch
+    elapsed = time.perf_counter() - started
+    return done / elapsed, {k: round(v * 1000 / done, 3) for k, v in spent.items()}
+
+
+def measure_limit(
+    services: Sequence[str], seconds: float, profile_seconds: float, out_dir: Path
+) -> list[Limit]:
+    """Per service: served throughput at 32 connections, a py-spy profile of its worker under that load,
+    then (the service stopped, so the cores are this process's) the same pipeline in process."""
+    wrk_path, wrk_version = require_wrk()
+    routes = {r.name: r for r in make_routes()}
+    limits: list[Limit] = []
+    with tempfile.TemporaryDirectory(prefix="modelgate-limit-") as tmp:
+        wrk = Wrk(wrk_path, wrk_version, Path(tmp))
+        for service in services:
+            settings = service_settings(service)
+            policy = settings.batch_policy()
+            limit = Limit(
+                service,
+                settings.runtime,
+                settings.torch_threads,
+                f"max {policy.max_batch_size}, wait {policy.max_wait_ms:g} ms" if policy else "off",
+            )
+            route = routes[ROUTE_OF[service]]
+            run_dir = Path(tmp) / service
+            run_dir.mkdir()
+            ports = {name: free_port() for name in ("tabular", "vision", "nlp", "gateway")}
+            stack = LocalStack(ports, run_dir, repository=repository_dir(), workers=1)
+            try:
+                stack.start(service)
+                stack.wait_ready(service)
+                target = Target(
+                    f"{service} direct", "direct", stack.url(service), pids=pids_of(stack, service)
+                )
+                verify(target, route)
+                wrk.run(target, route, 8, 2)
+                before = batch_stats(stack.url(service), MODEL_OF[service])
+                point = wrk.measure(target, route, CLIENTS, seconds, {service: target.pids})
+                after = batch_stats(stack.url(service), MODEL_OF[service])
+                calls = after[0] - before[0]
+                limit.served_mean_batch = (after[1] - before[1]) / calls if calls else 1.0
+                limit.served_rps, limit.served_p50_ms = point.rps, point.p50_ms
+                limit.served_errors, limit.served_cpu_ms = point.errors, point.cpu_ms_per_req[service]
+                if profile_seconds:
+                    worker = pids_of(stack, service)()[-1]
+                    raw = out_dir / f"profile-{service}.txt"
+                    limit.profile = profile_under_load(
+                        wrk, target, route, worker, raw, profile_seconds, CLIENTS
+                    )
+            finally:
+                stack.stop_all()
+            runtime, make, parameters = service_runtime(service, settings)
+            limit.batch = max(1, round(limit.served_mean_batch))
+            limit.inprocess_rps, limit.stages_ms = pipeline_rate(
+                runtime, make, parameters, limit.batch, seconds
+            )
+            limit.full_batch = min(CLIENTS, policy.max_batch_size) if policy else 1
+            if limit.full_batch != limit.batch:
+                limit.full_batch_rps, _ = pipeline_rate(runtime, make, parameters, limit.full_batch, seconds)
+            else:
+                limit.full_batch_rps = limit.inprocess_rps
+            runtime.unload()
+            print(
+                f"  {service}: served {limit.served_rps:.1f} req/s "
+                f"(mean batch {limit.served_mean_batch:.1f}), "
+                f"in process {limit.inprocess_rps:.1f}/s at batch {limit.batch}: ratio {limit.ratio:.2f}",
+                flush=True,
+            )
+            limits.append(limit)
+    return limits
+
+
+def limit_section(limits: Sequence[Limit]) -> str:
+    rows = md.table(
+        (
+            "service",
+            "runtime, threads",
+            "batching",
+            f"served req/s ({CLIENTS} conns)",
+            "served mean batch",
+            "in-process inputs/s (at that batch)",
+            "served / in process",
+            f"goal ≥ {LIMIT_GOAL}",
+            "in process at the policy's full batch",
+            "service CPU ms/req",
+            "in process ms/input: preprocess, predict, postprocess",
+        ),
+        "lllrrrrlrrl",
+        (
+            (
+                lim.service,
+                f"{lim.backend}, {lim.threads}",
+                lim.batching,
+                f"{lim.served_rps:.1f}" + (f" ({lim.served_errors} errors)" if lim.served_errors else ""),
+                f"{lim.served_mean_batch:.1f}",
+                f"{lim.inprocess_rps:.1f} (batch {lim.batch})",
+                f"{lim.ratio:.2f}",
+                md.verdict(lim.ratio >= LIMIT_GOAL),
+                f"{lim.full_batch_rps:.1f} (batch {lim.full_batch})",
+                f"{lim.served_cpu_ms:.1f}",
+                ", ".join(f"{v:.2f}" for v in lim.stages_ms.values()),
+            )
+            for lim in limits
+        ),
+    )
+    lines = [
+        "## (c) The physical limit: served throughput against the pipeline in process",
+        "",
+        f"Served: wrk, {CLIENTS} connections, straight to one Gunicorn worker with the service's defaults "
+        "(the same request as `make bench`). In process: the runtime built from the service's own settings, "
+        "decode/tokenise + preprocess + model + postprocess on that request, back to back, at the batch the "
+        "service formed under that load (its metrics), with the service stopped. The ratio is the share of "
+        "the pipeline's own speed that the serving stack delivers. The in-process loop runs one call at a "
+        "time; a service that overlaps decoding with the model, or runs two batches at once, can exceed "
+        "it (a ratio above 1).",
+        "",
+        *rows,
+        "",
+    ]
+    for lim in limits:
+        if lim.ratio < LIMIT_GOAL and lim.profile:
+            lines += [
+                f"Where {lim.service}-service's time goes under that load (py-spy of its worker, share of "
+                f"samples; raw stacks in `profile-{lim.service}.txt`):",
+                "",
+                *md.profile_table(lim.profile),
+                "",
+            ]
+    return "\n".join(lines)
+
+
 # --- report ------------------------------------------------------------------------------------------
 
 
 def plot(latency: Sequence[Latency], runs: Sequence[LoadRun], path: Path) -> None:
     """Left: ms per input, torch vs ONNX, batch 1 and 32. Right: throughput per batching mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = int(bool(latency)) + int(bool(runs))
-    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
-    ax_iter = iter(axes[0])
+    panels = []
     if latency:
-        ax = next(ax_iter)
         groups = list(dict.fromkeys((r.model, r.batch) for r in latency))
         keyed = {(r.model, r.runtime, r.batch): r.median_ms / r.batch for r in latency}
-        for offset, runtime in ((-0.2, "torch"), (0.2, "onnx")):
-            values = [keyed[(m, runtime, b)] for m, b in groups]
-            ax.bar([i + offset for i in range(len(groups))], values, width=0.4, label=runtime)
-        ax.set_xticks(range(len(groups)), [f"{m}\nbatch {b}" for m, b in groups])
-        ax.set_ylabel("ms per input (median, log scale)")
-        ax.set_yscale("log")
-        ax.set_title("Model call: torch vs ONNX Runtime")
-        ax.legend()
+        panels.append(
+            md.GroupedBars(
+                title="Model call: torch vs ONNX Runtime",
+                ylabel="ms per input (median, log scale)",
+                groups=[f"{m}\nbatch {b}" for m, b in groups],
+                series={rt: [keyed[(m, rt, b)] for m, b in groups] for rt in ("torch", "onnx")},
+                log=True,
+            )
+        )
     if runs:
-        ax = next(ax_iter)
         services = list(dict.fromkeys(r.service for r in runs))
         modes = list(dict.fromkeys(r.mode for r in runs))
-        width = 0.8 / len(modes)
-        for k, mode in enumerate(modes):
-            cells = [merged(runs, s, mode) for s in services]
-            xs = [i - 0.4 + width * (k + 0.5) for i in range(len(services))]
-            bars = ax.bar(xs, [c.throughput for c in cells], width=width, label=f"batching {mode}")
-            for bar, cell in zip(bars, cells, strict=True):
-                ax.annotate(
-                    f"p95 {cell.percentile(0.95):.0f}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
-        ax.set_xticks(range(len(services)), services)
-        ax.set_ylabel("requests / s (p95 ms on the bars)")
-        ax.set_title(f"{CLIENTS} concurrent clients, one Gunicorn worker")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        cells = {mode: [merged(runs, s, mode) for s in services] for mode in modes}
+        panels.append(
+            md.GroupedBars(
+                title=f"{CLIENTS} concurrent clients, one Gunicorn worker",
+                ylabel="requests / s (p95 ms on the bars)",
+                groups=services,
+                series={f"batching {mode}": [c.throughput for c in cells[mode]] for mode in modes},
+                annotations={
+                    f"batching {mode}": [f"p95 {c.percentile(0.95):.0f}" for c in cells[mode]]
+                    for mode in modes
+                },
+            )
+        )
+    if panels:
+        md.plot_grouped_bars(path, panels)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--services", default="nlp,vision", help="services for the load test")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"batching modes, of: {', '.join(MODES)}")
-    parser.add_argument("--rounds", type=int, default=6, help="load windows of every mode per service")
-    parser.add_argument("--seconds", type=float, default=6, help="seconds per load window")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 round of 3 s, modes off and on, fewer model calls (~4 minutes)",
+    )
+    parser.add_argument("--services", default="nlp,vision", help="services for the load test and the limit")
+    parser.add_argument(
+        "--modes", help=f"batching modes, of: {', '.join(MODES)} (default all; quick: off,on)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="load windows of every mode per service (default 6, quick 1)"
+    )
+    parser.add_argument("--seconds", type=float, help="seconds per load window (default 6, quick 3)")
     parser.add_argument("--runtime", choices=("onnx", "torch"), help="RUNTIME under load (default: theirs)")
     parser.add_argument("--threads", type=int, default=default_threads(), help="intra-op threads for (a)")
+    parser.add_argument(
+        "--profile", type=float, metavar="SECONDS", help="py-spy seconds in (c) (default 10, quick 5)"
+    )
+    parser.add_argument("--out", help="output folder (default results/runtime-<timestamp>)")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--skip-limit", action="store_true")
     args = parser.parse_args(argv)
+    args.modes = args.modes or ("off,on" if args.quick else ",".join(MODES))
+    args.rounds = args.rounds or (1 if args.quick else 6)
+    args.seconds = args.seconds or (3.0 if args.quick else 6.0)
+    if args.profile is None:
+        args.profile = 5.0 if args.quick else 10.0
+    out_dir = out_dir_for("runtime", args.out)
 
     header = (
         f"{platform.machine()}, {default_threads()} usable cores (shared with other work; load average "
@@ -481,19 +739,29 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     print(header, flush=True)
-    sections = [f"# Runtime and batching benchmark\n\n{header}. Read the ratios; absolute figures drift.\n"]
+    command = "python -m bench.runtime" + (" --quick" if args.quick else "")
+    sections = [
+        f"# Runtime and batching benchmark\n\n{header}. Read the ratios; absolute figures drift. Reproduce: "
+        f"`make bench-runtime` (`{command}`, writes results/runtime-<timestamp>/).\n\n"
+        "![torch vs ONNX Runtime, and batching under load](img/runtime.png)\n"
+    ]
     latency: list[Latency] = []
     sweep: list[Latency] = []
     runs: list[LoadRun] = []
+    services = [s.strip() for s in args.services.split(",") if s.strip()]
     if not args.skip_latency:
         import torch
 
         torch.set_num_threads(args.threads)
         print(f"(a) model latency, {args.threads} threads ...", flush=True)
         loaded = load_runtimes(args.threads)
-        latency = measure_latency(loaded, ("torch", "onnx"), {1: 40, 32: 8})
+        latency = measure_latency(loaded, ("torch", "onnx"), {1: 10, 32: 2} if args.quick else {1: 40, 32: 8})
         print("    onnx, per-input cost against batch size ...", flush=True)
-        sweep = measure_latency(loaded, ("onnx",), {1: 40, 2: 30, 4: 20, 8: 12, 16: 8, 32: 8})
+        sizes = {1: 10, 8: 4, 32: 2} if args.quick else {1: 40, 2: 30, 4: 20, 8: 12, 16: 8, 32: 8}
+        sweep = measure_latency(loaded, ("onnx",), sizes)
+        for by_runtime in loaded.values():
+            for runtime, _ in by_runtime.values():
+                runtime.unload()
         sections.append(
             f"## (a) Model call latency, torch vs ONNX Runtime ({args.threads} intra-op threads)\n\n"
             "Median of interleaved `runtime.predict` calls (NLP includes tokenisation; vision starts "
@@ -503,7 +771,6 @@ def main(argv: list[str] | None = None) -> int:
             + "\n"
         )
     if not args.skip_load:
-        services = [s.strip() for s in args.services.split(",") if s.strip()]
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         print(f"(b) batching under load: {services} x {modes}, {args.rounds} round(s) ...", flush=True)
         runs = measure_load(services, modes, args.rounds, args.seconds, args.runtime)
@@ -522,14 +789,16 @@ def main(argv: list[str] | None = None) -> int:
             + goal_lines(runs, sweep)
             + "\n"
         )
+    if not args.skip_limit:
+        print(f"(c) the physical limit: {services} ...", flush=True)
+        limits = measure_limit(services, args.seconds * 2, args.profile, out_dir)
+        sections.append(limit_section(limits))
     sections.append(f"Load average at the end: {os.getloadavg()[0]:.1f}.\n")
     report = "\n".join(sections)
     print("\n" + report)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "runtime.md").write_text(report, encoding="utf-8")
-    if latency or runs:
-        plot(latency, runs, RESULTS / "runtime.png")
-    print(f"wrote {RESULTS / 'runtime.md'} and {RESULTS / 'runtime.png'}")
+    (out_dir / "report.md").write_text(report, encoding="utf-8")
+    plot(latency, runs, out_dir / "img" / "runtime.png")
+    md.publish(out_dir, "runtime.md", ["img/runtime.png"], full_run=False)
     return 0
 
 
