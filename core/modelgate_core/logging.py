@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.config
 import os
@@ -65,6 +66,8 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]  # 
         self.max_pending = max_pending
         self._pending: list[str] = []
         self._flusher_pid = 0  # the process whose flusher thread runs (a fork has none until it logs)
+        self._stopped = threading.Event()
+        self.flusher: threading.Thread | None = None
         # A forked worker must not write the lines its parent still holds: the parent writes them.
         handler = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _forget_pending(handler()))
@@ -92,15 +95,32 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]  # 
                 self.stream.write(lines)
             super().flush()
 
+    def close(self) -> None:
+        """Write what is pending and stop the flusher (logging's reconfiguration and exit call this)."""
+        self._stopped.set()
+        # The stream may be gone already (a test's captured output, a closed pipe).
+        with contextlib.suppress(ValueError, OSError):
+            self.flush()
+        super().close()
+
     def _start_flusher(self) -> None:
         self._flusher_pid = os.getpid()
+        handler = weakref.ref(self)  # the thread must not keep a replaced handler alive
+        stopped = self._stopped
 
-        def flush_forever() -> None:
-            while True:
-                time.sleep(self.flush_seconds)
-                self.flush()
+        def flush_until_closed() -> None:
+            while not stopped.wait(self.flush_seconds):
+                target = handler()
+                if target is None:
+                    return
+                try:
+                    target.flush()
+                except (ValueError, OSError):
+                    return  # its stream was closed under it: nothing more can be written there
+                del target
 
-        threading.Thread(target=flush_forever, name="log-flusher", daemon=True).start()
+        self.flusher = threading.Thread(target=flush_until_closed, name="log-flusher", daemon=True)
+        self.flusher.start()
 
 
 def _forget_pending(handler: BatchedStreamHandler | None) -> None:

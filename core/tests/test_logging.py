@@ -84,3 +84,30 @@ def test_a_forked_child_does_not_write_its_parents_pending_lines(tmp_path: Path)
         assert path.read_text() == ""
         handler.flush()
     assert path.read_text() == "parent's line\n"
+
+
+def test_closing_stops_the_flusher_and_writes_what_is_pending() -> None:
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, flush_seconds=60)
+    logger = make_logger(handler, "test.batched.close")
+    logger.info("last words")
+    flusher = handler.flusher
+    assert flusher is not None and flusher.is_alive()
+    handler.close()
+    assert stream.getvalue() == "last words\n"
+    flusher.join(5)
+    assert not flusher.is_alive()
+
+
+def test_a_closed_stream_ends_the_flusher_quietly() -> None:
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, flush_seconds=0.01)
+    logger = make_logger(handler, "test.batched.closed-stream")
+    logger.info("written")
+    assert wait_for(lambda: stream.getvalue() == "written\n")
+    flusher = handler.flusher
+    assert flusher is not None
+    logger.info("pending when the stream closes")
+    stream.close()
+    flusher.join(5)
+    assert not flusher.is_alive()
