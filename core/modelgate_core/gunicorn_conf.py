@@ -7,6 +7,7 @@ worker's own heartbeat, but it is generous in case loading holds the GIL for lon
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ from modelgate_core.logging import logging_config
 
 bind = os.environ.get("BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class: Any = "uvicorn_worker.UvicornWorker"  # replaced by a bounded one below where it can be
 timeout = int(os.environ.get("TIMEOUT", "120"))
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
 keepalive = int(os.environ.get("KEEPALIVE", "5"))
@@ -194,3 +195,113 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+# Uvicorn's httptools protocol has neither a limit on a request's header block nor a deadline for it:
+# a client that sends header lines forever grows the worker's memory without end, and one that sends a
+# byte now and then (a slow loris) holds its connection as long as it likes; Gunicorn's own
+# `limit_request_*` settings do not reach Uvicorn workers. So the protocol below refuses a header block
+# over `MAX_HEADER_BYTES` with 431 and one not complete within `HEADER_TIMEOUT` seconds of its first byte
+# (or of the connection) with 408, and closes the connection (tests/chaos/test_slow_clients.py).
+MAX_HEADER_BYTES = int(os.environ.get("MAX_HEADER_BYTES", str(64 * 1024)))
+HEADER_TIMEOUT = float(os.environ.get("HEADER_TIMEOUT", "10"))
+LINGER_SECONDS = 1.0
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn_worker import UvicornWorker
+except ImportError:  # no httptools: Uvicorn's h11 protocol, which bounds headers itself (16 KiB)
+    pass
+else:
+
+    def _refusal(status: int, reason: str, code: str, message: str) -> bytes:
+        from modelgate_core.errors import error_body
+
+        body = error_body(status, code, message)
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        return head.encode("latin-1") + body
+
+    class BoundedHeadersProtocol(HttpToolsProtocol):
+        """Uvicorn's httptools protocol with a size limit and a deadline on each request's headers."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._awaiting_headers = True
+            self._header_bytes = 0
+            self._header_deadline: asyncio.TimerHandle | None = None
+            self._discarding = False  # refused: what still arrives is dropped until the close
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_deadline()  # a connection that never sends a byte is cut too
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_deadline()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._discarding:
+                return
+            super().data_received(data)
+            # Still no complete header block after this chunk: it went into headers (counted after
+            # parsing, so a chunk that completes the headers and carries body is never counted).
+            if self._awaiting_headers and not self.transport.is_closing():
+                self._header_bytes += len(data)
+                if self._header_bytes > MAX_HEADER_BYTES:
+                    self._refuse(
+                        431,
+                        "Request Header Fields Too Large",
+                        "headers_too_large",
+                        f"The request's headers exceed {MAX_HEADER_BYTES} bytes",
+                    )
+
+        def on_message_begin(self) -> None:
+            # A request's first byte: its headers are due within HEADER_TIMEOUT. (Between requests on a
+            # kept-alive connection the keep-alive timeout applies instead.)
+            super().on_message_begin()
+            self._awaiting_headers = True
+            self._header_bytes = 0
+            if self._header_deadline is None:
+                self._arm_header_deadline()
+
+        def on_headers_complete(self) -> None:
+            self._awaiting_headers = False
+            self._header_bytes = 0
+            self._disarm_header_deadline()
+            super().on_headers_complete()
+
+        def _arm_header_deadline(self) -> None:
+            self._header_deadline = self.loop.call_later(HEADER_TIMEOUT, self._header_deadline_passed)
+
+        def _disarm_header_deadline(self) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def _header_deadline_passed(self) -> None:
+            self._header_deadline = None
+            if self._awaiting_headers and not self.transport.is_closing():
+                self._refuse(
+                    408,
+                    "Request Timeout",
+                    "request_timeout",
+                    f"The request's headers did not arrive within {HEADER_TIMEOUT:g} seconds",
+                )
+
+        def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+            self._disarm_header_deadline()
+            self._discarding = True
+            self.transport.write(_refusal(status, reason, code, message))
+            # A close with unread input resets the connection, and the reset can destroy the answer
+            # before the client reads it: half-close, drop what still comes for a moment, then close.
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    class BoundedUvicornWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worker has no types
+        CONFIG_KWARGS = {"loop": "auto", "http": BoundedHeadersProtocol}
+
+    worker_class = BoundedUvicornWorker
