@@ -220,3 +220,16 @@ async def test_inputs_are_checked_before_the_model_sees_them(
         await served.infer({"x": np.zeros((1, 1))})
     with pytest.raises(BadRequest, match=r"negative input -1\.0"):
         await served.infer({"x": np.asarray([1.0, -1.0])})
+
+
+async def test_before_the_first_pass_an_unknown_name_is_503_and_after_it_404(
+    repo_root: Path, control_dir: Path, write_version: Any, make_repository: Any
+) -> None:
+    write_version(repo_root, "iris", "1")
+    repository = make_repository(repo_root, control_dir)
+    with pytest.raises(ServiceUnavailable, match="repository is loading"):
+        repository.get("iris")
+    await repository.start()
+    assert repository.get("iris").version == "1"
+    with pytest.raises(NotFound, match="Unknown model 'absent'"):
+        repository.get("absent")

@@ -9,7 +9,8 @@ service's `POST /v2/repository/index`, and the directory picks it up
   names cannot turn into a stream of index reads.
 
 Concurrent callers share one re-read. A service that stops answering keeps its last known models for
-`stale_after_seconds`, so a short restart does not make its models unknown. A name two services claim is
+`stale_after_seconds` from the first re-read it failed, so a short restart does not make its models
+unknown (however long ago the last re-read was). A name two services claim is
 a 409 naming both, never a guess.
 """
 
@@ -26,7 +27,7 @@ import orjson
 from pydantic import ValidationError
 
 from gateway.upstream import Upstream, UpstreamClient
-from modelgate_core.errors import Conflict, ModelGateError, NotFound
+from modelgate_core.errors import Conflict, ModelGateError, NotFound, ServiceUnavailable
 from modelgate_core.oip.types import RepositoryEntry
 from modelgate_core.repository.settings import is_model_name
 
@@ -54,6 +55,9 @@ class _ServiceView:
     entries: tuple[RepositoryEntry, ...]
     answered_at: float  # clock time of the last answer these entries came from
     answering: bool  # whether the latest attempt got an answer
+    # Clock time of the first failed attempt since the last answer: staleness counts from there, not
+    # from the last answer, which may be long ago when no traffic asked for a re-read.
+    silent_since: float | None = None
 
 
 class ModelDirectory:
@@ -88,7 +92,8 @@ class ModelDirectory:
     ) -> ModelLocation:
         """The service holding `name` (and `version`, when given).
 
-        404 when unknown even after a re-read, 409 when two services claim it.
+        404 when unknown even after a re-read, 503 when unknown but some service is not answering (it
+        may hold it), 409 when two services claim it.
         `always_refresh_on_miss` skips the miss rate limit (for rare admin calls).
         """
         just_read = self._refreshed_at is None
@@ -114,6 +119,14 @@ class ModelDirectory:
                 await self.refresh()  # one is under way anyway: sharing it costs nothing
             location = self._find(name, version)
         if location is None:
+            silent = [s for s in self.services if not (v := self._views.get(s)) or not v.answering]
+            if silent:
+                # A service that does not answer may hold it: not knowing is not "there is none".
+                raise ServiceUnavailable(
+                    f"{self._unknown_message(name, version)} among the services that answer; "
+                    f"not answering now: {', '.join(silent)}",
+                    headers={"retry-after": "1"},
+                )
             raise NotFound(self._unknown_message(name, version))
         return location
 
@@ -179,9 +192,6 @@ class ModelDirectory:
             if version is not None and name in self._owners
             else f"Unknown model '{name}'"
         )
-        silent = [s for s in self.services if not (v := self._views.get(s)) or not v.answering]
-        if silent:
-            message += f" (not answering now: {', '.join(silent)})"
         return message
 
     async def _read_all(self) -> None:
@@ -219,10 +229,11 @@ class ModelDirectory:
         )
         if view is None:
             return
-        if now - view.answered_at >= self.stale_after_seconds:
+        silent_since = now if view.silent_since is None else view.silent_since
+        if now - silent_since >= self.stale_after_seconds:
             del self._views[service]
         else:
-            self._views[service] = _ServiceView(view.entries, view.answered_at, answering=False)
+            self._views[service] = _ServiceView(view.entries, view.answered_at, False, silent_since)
 
     def _rebuild_owners(self) -> None:
         owners: dict[str, list[str]] = {}

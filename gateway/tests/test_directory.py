@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from gateway.directory import IndexUnavailable, ModelDirectory
-from modelgate_core.errors import Conflict, NotFound
+from modelgate_core.errors import Conflict, NotFound, ServiceUnavailable
 from modelgate_core.oip.types import RepositoryEntry
 
 
@@ -145,9 +145,12 @@ async def test_a_silent_service_keeps_its_models_until_they_age_out() -> None:
     assert (await models.locate("sentiment")).service == "nlp"
     stale = [e for e in models.entries() if e.name == "sentiment"]
     assert stale[0].state == "UNAVAILABLE" and stale[0].reason == "the nlp service is not answering"
-    clock.now += 25  # 35 s after its last answer
+    clock.now += 25  # 35 s after its last answer, 25 s after it was first found silent
     await models.refresh()
-    with pytest.raises(NotFound, match=r"not answering now: nlp"):
+    assert (await models.locate("sentiment")).service == "nlp"
+    clock.now += 5  # 30 s silent
+    await models.refresh()
+    with pytest.raises(ServiceUnavailable, match=r"Unknown model 'sentiment' .*not answering now: nlp"):
         await models.locate("sentiment")
     assert (await models.locate("iris")).service == "tabular"
 
@@ -178,3 +181,14 @@ async def test_unsafe_names_from_an_index_are_ignored() -> None:
     for name in ("..", "a/b"):
         with pytest.raises(NotFound):
             await models.locate(name)
+
+
+async def test_staleness_counts_from_the_first_silence_not_the_last_answer() -> None:
+    """No traffic for a long time, then the service restarts: its models are still known."""
+    indexes, clock = Indexes(), Clock()
+    models = directory(indexes, clock)
+    await models.locate("sentiment")
+    clock.now += 3600  # an idle hour: nothing asked for a re-read
+    indexes.down.add("nlp")
+    await models.refresh()
+    assert (await models.locate("sentiment")).service == "nlp"

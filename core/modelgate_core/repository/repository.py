@@ -130,6 +130,9 @@ class ModelRepository:
         """The version that answers for `name` (the highest ready one by default); 404 or 503 otherwise."""
         known = sorted((v for (n, _), v in self.versions.items() if n == name), key=_version_key)
         if not known:
+            if not self.started:
+                # Before the first pass over the folder nothing is known yet: the model may well be there.
+                raise ServiceUnavailable(f"The model repository is loading; model '{name}' is not known yet")
             raise NotFound(f"Unknown model '{name}'")
         if version is not None:
             chosen = next((v for v in known if v.version == version), None)
