@@ -1,7 +1,7 @@
 """Benchmark ModelGate's Open Inference Protocol path (`POST /v2/models/iris/infer`) against MLServer 1.7.1
 serving the same iris joblib file, side by side, with wrk.
 
-    python -m bench.oip            # ~5 minutes: 1, 8, 32 connections, 3 rounds of 5 s a point
+    python -m bench.oip            # ~8 minutes: 1, 8, 32 connections, 5 rounds of 5 s a point
     python -m bench.oip --quick    # ~1.5 minutes: 2 rounds of 2 s a point; the report stays in results/
     python -m bench.oip --targets mlserver --quick   # MLServer alone
 
@@ -857,7 +857,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--duration", type=int, help="seconds per point (default 5, quick 2)")
     parser.add_argument("--warmup", type=int, help="warm-up seconds per target (default 2, quick 1)")
-    parser.add_argument("--rounds", type=int, help="rounds per point (default 3, quick 2)")
+    parser.add_argument("--rounds", type=int, help="rounds per point (default 5, quick 2)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma list of connections (default 1,8,32)")
     parser.add_argument(
         "--workers",
@@ -886,7 +886,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args.duration = max(1, args.duration or (2 if args.quick else 5))
     args.warmup = max(1, args.warmup or (1 if args.quick else 2))
-    args.rounds = max(1, args.rounds or (2 if args.quick else 3))
+    # 5: with 3, two runs a few minutes apart put the binary target's median on either side of MLServer's
+    # (the rounds' ranges overlapped); the median of 5 moves less with the machine's other load.
+    args.rounds = max(1, args.rounds or (2 if args.quick else 5))
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     try:

@@ -29,7 +29,7 @@ bench: models bench-tools ## Gateway cost (now vs --baseline rev), direct vs gat
 bench-quick: models bench-tools ## The ~4-minute version of make bench's first half (results/ only)
 	$(PY) -m bench.gateway --quick $(BENCH_ARGS)
 
-bench-oip: models bench-tools ## /v2 infer on iris: ModelGate (gateway JSON/binary, direct) vs MLServer 1.7.1 with wrk (~5 min; --quick ~2)
+bench-oip: models bench-tools ## /v2 infer on iris: ModelGate (gateway JSON/binary, direct) vs MLServer 1.7.1 with wrk (~8 min; --quick ~2)
 	$(PY) -m bench.oip $(BENCH_ARGS)
 
 bench-runtime: models bench-tools ## torch vs ONNX Runtime, batching on/off, served vs in-process limit (~12 min); results/runtime-*/
