@@ -50,6 +50,9 @@ class ServiceSettings(CommonSettings):
     # model cannot refuse another's requests. 64: a closed-loop benchmark at 64 connections on one
     # worker is never refused, and a full queue drains in about a second even for vision.
     max_queued_requests: int = Field(default=64, ge=1, le=100_000)
+    # A light model (unbatched) whose requests lately cost less CPU than this runs on the event loop
+    # instead of a worker-thread round trip; 0: never (for a model that may block without warning).
+    model_inline_below_ms: float = Field(default=1.0, ge=0, le=50)
 
     def batch_policy(self) -> BatchPolicy | None:
         return None
@@ -65,6 +68,7 @@ class ServiceSettings(CommonSettings):
                 max_concurrency=self.inference_concurrency,
                 batching=self.batch_policy(),
                 max_queued=self.max_queued_requests,
+                inline_below_seconds=self.model_inline_below_ms / 1000,
             ),
             poll_seconds=self.model_poll_seconds,
             report_unclaimed=self.report_unclaimed_models,

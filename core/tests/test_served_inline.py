@@ -22,6 +22,7 @@ def light(doubler_runtime: Any) -> type:
     class Light(doubler_runtime):  # type: ignore[misc,valid-type]
         light_steps = True
         call_seconds = 0.0
+        sleep_seconds = 0.0
 
         def __init__(self, ctx: Any) -> None:
             super().__init__(ctx)
@@ -29,8 +30,12 @@ def light(doubler_runtime: Any) -> type:
 
         def predict(self, batch: Tensors) -> Tensors:
             self.callers.append(threading.get_ident())
-            if self.call_seconds:
-                time.sleep(self.call_seconds)
+            if self.call_seconds:  # busy, as a heavy model is (its CPU time is what counts)
+                until = time.thread_time() + self.call_seconds
+                while time.thread_time() < until:
+                    pass
+            if self.sleep_seconds:  # waiting on something, as a model doing I/O does
+                time.sleep(self.sleep_seconds)
             return super().predict(batch)  # type: ignore[no-any-return]
 
     return Light
@@ -100,4 +105,12 @@ async def test_zero_never_runs_a_model_on_the_loop(
     repo_root: Path, control_dir: Path, write_version: Any, light: type
 ) -> None:
     version = await served(repo_root, control_dir, write_version, light, inline_below_seconds=0)
+    assert await threads_of_calls(version, 3) == [False, False, False]
+
+
+async def test_a_model_that_waits_on_something_stays_in_threads_though_its_cpu_is_small(
+    repo_root: Path, control_dir: Path, write_version: Any, light: type
+) -> None:
+    light.sleep_seconds = 0.12  # past 20 x the bound below
+    version = await served(repo_root, control_dir, write_version, light, inline_below_seconds=0.005)
     assert await threads_of_calls(version, 3) == [False, False, False]

@@ -44,6 +44,8 @@ logger = logging.getLogger("modelgate.model")
 # report), and the loop is held no longer than this. The first call, and any after a slow one, go to a
 # thread. `ServingOptions.inline_below_seconds=0` never runs a model on the loop.
 INLINE_BELOW_SECONDS = 0.001
+# A call whose wall time passes this many times the bound waited on something besides the CPU.
+INLINE_WALL_FACTOR = 20
 
 # Requests one version may have waiting in one worker unless told otherwise (MAX_QUEUED_REQUESTS).
 DEFAULT_MAX_QUEUED = 64
@@ -252,16 +254,20 @@ class ServedVersion:
 
     def _infer_whole(self, inputs: Tensors, parameters: dict[str, Any]) -> Tensors:
         """All three steps at once (light steps, no batching), timed for `recent_whole_seconds`."""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             return self._postprocess(self._predict(self._preprocess(inputs, parameters)), parameters)
         finally:
-            elapsed = time.perf_counter() - started
+            wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
+            # What the call would hold the loop for: its CPU time (in a worker thread its wall time also
+            # counts the waits for the GIL, which the loop holds under load) unless it waits on something
+            # else (I/O, sleep): a wall time far above the bound marks it slow whatever its CPU.
+            cost = cpu if wall < INLINE_WALL_FACTOR * self.inline_below_seconds else wall
             recent = self.recent_whole_seconds
             # A moving average: one slow call (a pause, a big input) moves the model off the loop at once
             # and it comes back only after calls are fast again.
             self.recent_whole_seconds = (
-                elapsed if recent == float("inf") else max(elapsed, 0.8 * recent + 0.2 * elapsed)
+                cost if recent == float("inf") else max(cost, 0.8 * recent + 0.2 * cost)
             )
 
     def _preprocess(self, inputs: Tensors, parameters: dict[str, Any]) -> Tensors:
