@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from modelgate_core.errors import PayloadTooLarge
+from modelgate_core.errors import ModelGateError, PayloadTooLarge, error_response_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,19 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+async def respond(scope: Scope, receive: Receive, send: Send, answer: Awaitable[Response]) -> None:
+    """Send the response `answer` gives, or, when it raises a `ModelGateError` or an `HTTPException`
+    (the body limit's 413), the error answer FastAPI's handlers would give (`error_response_for`);
+    nothing when the client went away mid-body. Anything else reaches `RequestContextMiddleware`'s 500."""
+    try:
+        response = await answer
+    except ClientDisconnect:
+        return  # nobody to answer
+    except (ModelGateError, HTTPException) as exc:
+        response = error_response_for(exc, scope["path"])
+    await response(scope, receive, send)
 
 
 async def read_body(receive: Receive, limit: int | None = None, declared: str | None = None) -> bytes:

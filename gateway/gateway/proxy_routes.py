@@ -14,16 +14,13 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.deps import GatewayState, check_scope, client_address, presented_key, verify_key
 from gateway.routes.domain import forward_domain
 from gateway.routes.proxy import Incoming, forward_to_model, model_path
-from modelgate_core.asgi import RouteTemplate, route_template
-from modelgate_core.errors import ModelGateError, error_response_for
+from modelgate_core.asgi import RouteTemplate, respond, route_template
 from modelgate_core.oip.paths import parse_model_path
 
 _DOMAIN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -80,14 +77,9 @@ class ProxyRoutes:
             await self.app(scope, receive, send)
             return
         scope["route"] = route.template
-        try:
-            state = scope["app"].state.gateway
-            response = await self._forward(state, route, Incoming.of(scope, receive), client_address(scope))
-        except ClientDisconnect:
-            return  # nobody to answer
-        except (ModelGateError, HTTPException) as exc:
-            response = error_response_for(exc, scope["path"])
-        await response(scope, receive, send)
+        state = scope["app"].state.gateway
+        forwarded = self._forward(state, route, Incoming.of(scope, receive), client_address(scope))
+        await respond(scope, receive, send, forwarded)
 
     @staticmethod
     async def _forward(state: GatewayState, route: ProxyRoute, request: Incoming, address: str) -> Response:

@@ -143,8 +143,9 @@ class UpstreamClient:
         sent_headers["x-request-id"] = current_request_id() or ""
         if content_type:
             sent_headers["content-type"] = content_type
-        sent_headers["x-request-deadline-ms"] = f"{(timeout or upstream.timeout) * 1000:.0f}"  # our wait
-        extensions = {"timeout": self._timeout(timeout or upstream.timeout)}
+        read_timeout = timeout or upstream.timeout
+        sent_headers["x-request-deadline-ms"] = f"{read_timeout * 1000:.0f}"  # how long we wait
+        extensions = {"timeout": self._timeout(read_timeout)}
         self.budget.deposit()
         started = time.perf_counter()
         outcome = "error"

@@ -9,15 +9,12 @@ whatever this does not match.
 
 from __future__ import annotations
 
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelgate_core.asgi import header, read_body, route_template
-from modelgate_core.errors import ModelGateError, error_response_for
+from modelgate_core.asgi import header, read_body, respond, route_template
 from modelgate_core.oip.dataplane import DataPlane
-from modelgate_core.oip.paths import parse_model_path
+from modelgate_core.oip.paths import ModelPath, parse_model_path
 from modelgate_core.oip.types import HEADER_LENGTH_HEADER
 
 _HEADER_LENGTH = HEADER_LENGTH_HEADER.encode()
@@ -36,14 +33,11 @@ class InferRoutes:
             await self.app(scope, receive, send)
             return
         scope["route"] = route_template(found.template)
-        try:
-            body = await read_body(receive)
-            answer, headers = await self.plane.infer(
-                found.name, found.version, body, header(scope, _HEADER_LENGTH)
-            )
-            response = Response(answer, headers=headers)
-        except ClientDisconnect:
-            return  # nobody to answer
-        except (ModelGateError, HTTPException) as exc:
-            response = error_response_for(exc, scope["path"])
-        await response(scope, receive, send)
+        await respond(scope, receive, send, self._infer(found, scope, receive))
+
+    async def _infer(self, found: ModelPath, scope: Scope, receive: Receive) -> Response:
+        body = await read_body(receive)
+        answer, headers = await self.plane.infer(
+            found.name, found.version, body, header(scope, _HEADER_LENGTH)
+        )
+        return Response(answer, headers=headers)
