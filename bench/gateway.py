@@ -4,6 +4,8 @@ model served by LitServe and by a tutorial-style FastAPI app.
 
     python -m bench.gateway            # the full run (~15 minutes): concurrency 1, 8, 32, 64; 6 s a point
     python -m bench.gateway --quick    # ~4 minutes: concurrency 1 and 32; 3 s a point; results/ only
+    # What tracing costs: off (this checkout's gateways against REV, the commit before tracing), and on
+    python -m bench.gateway --quick --no-peers --routes iris,iris-v2-json --baseline REV --tracing
 
 Method. Everything runs on this machine: the three services (one worker each), the gateways in front of
 them (UPSTREAM_TRANSPORT=aiohttp and =httpx from this checkout, and `--baseline <rev>`'s own gateway
@@ -24,17 +26,20 @@ copies the report to docs/benchmarks.md and docs/img/ (unless --no-docs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +78,8 @@ from bench.tools import litserve_version, require_wrk
 from devstack import SERVICES, LocalStack, free_port
 
 TRANSPORTS = ("aiohttp", "httpx")
+# `--tracing`: one more gateway (aiohttp) with OpenTelemetry on, exporting every request's spans.
+TRACING_GATEWAY = "aiohttp-tracing"
 DEFAULT_BASELINE = "34b0545"  # the commit before the gateway's performance work (#11)
 BASELINE_DIR = REPO / "build" / "bench-baseline"
 IRIS_ROUTES = ("iris", "iris-v2-json", "iris-v2-binary")
@@ -157,6 +164,35 @@ def check(target: Target, route: Route) -> None:
         check_binary(target, route)
     else:
         verify(target, route)
+
+
+class OtlpSink:
+    """An OTLP/HTTP endpoint that takes every export and throws it away (`--tracing`): the cost
+    measured is the gateway's (spans, processor, exporter), not a collector's."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")  # an empty ExportTraceServiceResponse
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> OtlpSink:
+        threading.Thread(target=self._server.serve_forever, name="otlp-sink", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -305,9 +341,12 @@ def start_timed(stack: LocalStack, name: str, label: str, report: Report, timeou
 
 
 @contextmanager
-def modelgate(run_dir: Path, report: Report, torch_nlp: bool) -> Iterator[Deployment]:
+def modelgate(
+    run_dir: Path, report: Report, torch_nlp: bool, tracing_endpoint: str | None = None
+) -> Iterator[Deployment]:
     """The three services and one gateway per transport, started one at a time (for cold-start
-    figures), and an API key; everything is stopped on exit."""
+    figures), and an API key; everything is stopped on exit. With `tracing_endpoint`, one more gateway
+    (aiohttp) traces every request and exports to it; the others run with tracing off (the default)."""
     ports = {name: free_port() for name in SERVICES}
     keys_file = run_dir / "api_keys.json"
     services = LocalStack(
@@ -350,6 +389,25 @@ def modelgate(run_dir: Path, report: Report, torch_nlp: bool) -> Iterator[Deploy
             stacks.append(gateway)
             deployment.gateways[transport] = gateway
             start_timed(gateway, "gateway", f"gateway ({transport})", report, timeout=120)
+        if tracing_endpoint is not None:
+            gw_dir = run_dir / f"gateway-{TRACING_GATEWAY}"
+            gw_dir.mkdir(parents=True, exist_ok=True)
+            otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": tracing_endpoint, "OTEL_TRACES_SAMPLER": "always_on"}
+            gateway = LocalStack(
+                ports={**ports, "gateway": free_port()},
+                run_dir=gw_dir,
+                workers=1,
+                extra_env={**GATEWAY_ENV, "UPSTREAM_TRANSPORT": "aiohttp", "API_KEYS_FILE": str(keys_file)}
+                | otel,
+            )
+            stacks.append(gateway)
+            deployment.gateways[TRACING_GATEWAY] = gateway
+            start_timed(gateway, "gateway", f"gateway ({TRACING_GATEWAY})", report, timeout=120)
+            report.notes.append(
+                f"gateway ({TRACING_GATEWAY}): tracing on (OTEL_EXPORTER_OTLP_ENDPOINT set, every request "
+                "sampled), spans exported over OTLP/HTTP to a sink in the bench process that only "
+                "answers 200; the services trace nothing. The other gateways run with tracing off."
+            )
         deployment.key = services.create_key("bench")
         yield deployment
     finally:
@@ -566,7 +624,8 @@ def run(args: argparse.Namespace) -> Path:
         try:
             print("==> starting ModelGate (one worker per process)", flush=True)
             with (
-                modelgate(run_dir, report, not args.no_peers) as deployment,
+                OtlpSink() if args.tracing else contextlib.nullcontext() as sink,
+                modelgate(run_dir, report, not args.no_peers, sink.endpoint if sink else None) as deployment,
                 baseline_gateway(args.baseline, deployment.services, run_dir, report) as baseline,
             ):
                 services, gateways, key = deployment.services, deployment.gateways, deployment.key
@@ -649,6 +708,8 @@ def c_high(report: Report) -> int:
 def gateway_names(report: Report) -> list[tuple[str, str]]:
     """(kind, target name) of every gateway measured: the transports, then the baseline."""
     names = [("gateway", f"gateway ({t})") for t in TRANSPORTS]
+    extra = {p.target for p in report.points if p.kind == "gateway"} - {name for _, name in names}
+    names += [("gateway", name) for name in sorted(extra)]  # `--tracing`'s
     baseline = next((p.target for p in report.points if p.kind == "baseline"), None)
     return names + ([("baseline", baseline)] if baseline else [])
 
@@ -1107,6 +1168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default all; quick: no fraud)",
     )
     parser.add_argument("--no-peers", action="store_true", help="skip the LitServe and FastAPI peers")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help=f"add a gateway ({TRACING_GATEWAY}) that traces every request and exports the spans to a "
+        "local OTLP sink: what tracing on costs (the others, as by default, have it off; compare them "
+        "with --baseline at the commit before tracing for what it costs off)",
+    )
     parser.add_argument(
         "--baseline",
         default=DEFAULT_BASELINE,

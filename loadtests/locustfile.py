@@ -10,10 +10,14 @@ flowers from the iris data set, the fraud examples the gateway documents in its 
 start), the two photos in tests/assets/, and ordinary review- and tweet-like sentences. Every answer is
 checked: a 200 whose body has the wrong shape, or that lacks the request ID we sent, is a failure.
 
-Tasks are tagged by domain (`tabular`, `vision`, `nlp`, `catalog`), so `--tags vision` loads one
-service only. At the end the run fails (exit code 1) when the failure ratio is above
-LOADTEST_MAX_FAIL_RATIO (default 0) or the overall p95 is above LOADTEST_P95_MS (default 2000 ms); in a
-distributed run the master decides, on the aggregated figures.
+Tasks are tagged by domain (`tabular`, `vision`, `nlp`, `catalog`, `versions`), so `--tags vision`
+loads one service only. `versions` has two scenarios on iris over the OIP routes: clients pinned to a
+version (the versioned URL must answer with it) and clients that follow the canary (the unversioned URL;
+each request is named after the version that answered, so the table shows the split).
+
+At the end the run fails (exit code 1) when the failure ratio is above LOADTEST_MAX_FAIL_RATIO (default
+0) or the overall p95 is above LOADTEST_P95_MS (default 2000 ms); in a distributed run the master
+decides, on the aggregated figures.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import math
 import os
 import random
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -194,6 +199,8 @@ class ModelGateUser(HttpUser):
     wait_time = between(0.5, 2)
 
     def on_start(self) -> None:
+        self._versions: list[str] = []
+        self._versions_at = 0.0
         self.client.headers.update({"X-API-Key": api_key(), "User-Agent": "modelgate-loadtest"})
         if not FRAUD_EXAMPLES and self.host:
             try:
@@ -344,6 +351,70 @@ class ModelGateUser(HttpUser):
             name="/v1/vision/classify",
             files={"file": (name, IMAGES[name], "image/jpeg")},
         )
+
+    # --- versions ----------------------------------------------------------------------------------
+
+    def iris_versions(self) -> list[str]:
+        """iris's versions as its metadata lists them (looked up again every 10 s: they change live)."""
+        now = time.monotonic()
+        if now - self._versions_at > 10 or not self._versions:
+            with self.client.get("/v2/models/iris", name="/v2/models/iris", catch_response=True) as response:
+                versions = response.json().get("versions") if response.status_code == 200 else None
+                if isinstance(versions, list) and versions:
+                    self._versions, self._versions_at = [str(v) for v in versions], now
+                    response.success()
+                else:
+                    response.failure(f"HTTP {response.status_code}: no versions: {response.text[:200]}")
+        return self._versions or ["1"]
+
+    def oip_iris(self, path: str, check: Callable[[str], None], name: str) -> None:
+        """An OIP infer of one flower; `check(version that answered)`; the request is named per version,
+        so Locust's table shows the split a canary makes."""
+        features, _ = random.choice(IRIS_SAMPLES)
+        body = {
+            "inputs": [
+                {"name": "input", "datatype": "FP64", "shape": [1, 4], "data": list(features.values())}
+            ]
+        }
+        with self.client.post(path, json=body, name=name, catch_response=True) as response:
+            try:
+                expect(response.status_code == 200, f"HTTP {response.status_code}: {response.text[:200]}")
+                version = response.headers.get("x-model-version", "")
+                expect(
+                    response.json().get("model_version") == version, "model_version differs from the header"
+                )
+                check(version)
+            except (Invalid, ValueError, AttributeError) as exc:
+                response.failure(f"{type(exc).__name__}: {exc}")
+            else:
+                response.request_meta["name"] = f"{name} (version {version})"
+                response.success()
+
+    @tag("versions")
+    @task(2)
+    def iris_pinned_version(self) -> None:
+        """A client pinned to one version: the versioned URL answers with that version, whatever the
+        traffic of the unversioned routes."""
+        wanted = random.choice(self.iris_versions())
+
+        def check(version: str) -> None:
+            expect(version == wanted, f"pinned to version {wanted}, answered by {version}")
+
+        self.oip_iris(f"/v2/models/iris/versions/{wanted}/infer", check, "/v2/models/iris/versions/{v}/infer")
+
+    @tag("versions")
+    @task(2)
+    def iris_follows_the_canary(self) -> None:
+        """An unversioned client: the default or the canary answers, and says which."""
+        known = self.iris_versions()
+
+        def check(version: str) -> None:
+            expect(version.isdigit(), f"no X-Model-Version: {version!r}")
+            # A version added since the last metadata look is fine; one never listed would not be.
+            if version not in known:
+                self._versions_at = 0.0
+
+        self.oip_iris("/v2/models/iris/infer", check, "/v2/models/iris/infer")
 
     # --- catalogue ---------------------------------------------------------------------------------
 

@@ -61,6 +61,8 @@ SEED = 42
 # name -> (build script, metrics worth showing in the summary); built in this order, cheapest first.
 MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "iris": ("tabular-service/build_iris.py", ("accuracy", "macro_f1")),
+    # Version 2 of iris (make model-versions lays it out): a second real model for canaries and shadows.
+    "iris-v2": ("tabular-service/build_iris_v2.py", ("accuracy", "macro_f1")),
     "fraud": (
         "tabular-service/build_fraud.py",
         ("roc_auc", "average_precision", "precision", "recall", "threshold"),

@@ -89,6 +89,8 @@ class LocalStack:
             "VISION_URL": self.url("vision"),
             "NLP_URL": self.url("nlp"),
             "API_KEYS_FILE": str(self.run_dir / "api_keys.json"),
+            # Traffic set by admin calls (canary, shadow, default version): kept across restarts.
+            "MODEL_TRAFFIC_DIR": str(self.run_dir / f"traffic-{name}"),
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }

@@ -1,12 +1,14 @@
 """Lay the built-in models out as a model repository: `<repository>/<name>/1/` with
 `model-settings.json`, the model's files and a `manifest.json` (metrics, sha256 of every file).
+`--versions` (`make model-versions`) also lays out the second versions (`iris/2/`, a random forest)
+with a `model.json` that serves every version and keeps 1 the default, unless the model has one.
 
 `make models` builds the artifacts (scripts/build_models.py, cached outside the clone) and then calls
 `publish_builtin`. A version folder is assembled beside its final place and renamed into it, so a
 service polling the repository never sees half of one; an unchanged folder is left alone (same
 manifest and settings), so running services do not reload it.
 
-    python scripts/model_repository.py [--repository models] [--artifacts artifacts]
+    python scripts/model_repository.py [--repository models] [--artifacts artifacts] [--versions]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from modelgate_core.artifacts import (  # noqa: E402  (needs the sys.path above)
     verify_files,
     write_manifest,
 )
+from modelgate_core.repository.policy import MODEL_FILE  # noqa: E402
 from modelgate_core.repository.settings import SETTINGS_FILE  # noqa: E402
 
 VERSION = "1"
@@ -46,6 +49,7 @@ class Builtin:
 
     artifacts: tuple[str, ...]
     settings: Callable[[Manifest], dict[str, Any]]
+    version: str = VERSION
 
 
 def _sklearn(*keys: str) -> Callable[[Manifest], dict[str, Any]]:
@@ -83,6 +87,12 @@ BUILTIN: dict[str, Builtin] = {
     "imagenet": Builtin(("imagenet", "imagenet-onnx"), _image),
     "sentiment": Builtin(("sentiment", "sentiment-onnx"), _text),
 }
+# Further versions of built-in models, for the versions walk-through (README: Versions, canary, shadow).
+SECOND_VERSIONS: dict[str, Builtin] = {
+    "iris": Builtin(("iris-v2",), _sklearn("labels", "features"), version="2"),
+}
+# Written beside them when the model has no model.json: a new version must not take over by itself.
+SIDE_BY_SIDE = {"version_policy": {"all": {}}, "default_version": VERSION}
 
 
 def repository_root() -> Path:
@@ -98,6 +108,20 @@ def publish_builtin(artifacts: Path, repository: Path, names: list[str] | None =
     return changed
 
 
+def publish_second_versions(artifacts: Path, repository: Path) -> list[str]:
+    """Write the second versions (and a side-by-side model.json where none is); returns what changed."""
+    changed = []
+    for name, builtin in SECOND_VERSIONS.items():
+        policy = repository / name / MODEL_FILE
+        if not policy.exists():
+            policy.parent.mkdir(parents=True, exist_ok=True)
+            policy.write_text(json.dumps(SIDE_BY_SIDE, indent=2) + "\n", encoding="utf-8")
+            changed.append(f"{name}/{MODEL_FILE}")
+        if publish_one(name, builtin, artifacts, repository):
+            changed.append(f"{name}/{builtin.version}")
+    return changed
+
+
 def publish_one(name: str, builtin: Builtin, artifacts: Path, repository: Path) -> bool:
     sources = [artifacts / a for a in builtin.artifacts]
     manifests = [read_manifest(s) for s in sources]
@@ -105,11 +129,11 @@ def publish_one(name: str, builtin: Builtin, artifacts: Path, repository: Path) 
         verify_files(source, manifest)
     main = manifests[-1]
     settings = builtin.settings(main)
-    dest = repository / name / VERSION
+    dest = repository / name / builtin.version
     if _unchanged(dest, main, settings):
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{VERSION}.", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{builtin.version}.", dir=dest.parent))
     try:
         for source in sources:
             for path in source.rglob("*"):
@@ -122,7 +146,7 @@ def publish_one(name: str, builtin: Builtin, artifacts: Path, repository: Path) 
         os.chmod(tmp, 0o755)
         for path in tmp.rglob("*"):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        old = dest.with_name(f".{VERSION}.old")
+        old = dest.with_name(f".{builtin.version}.old")
         shutil.rmtree(old, ignore_errors=True)
         if dest.exists():
             dest.rename(old)
@@ -152,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS_DIR") or REPO / "artifacts")
     )
+    parser.add_argument("--versions", action="store_true", help="also the second versions (iris/2)")
     args = parser.parse_args(argv)
     changed = publish_builtin(args.artifacts, args.repository)
+    if args.versions:
+        changed += publish_second_versions(args.artifacts, args.repository)
     print(f"model repository {args.repository}: {', '.join(changed) or 'nothing'} updated", flush=True)
     return 0
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 from modelgate_core.artifacts import Manifest, hash_files, utc_now
 
@@ -32,24 +33,32 @@ def inputs() -> list[Path]:
 def build(out_dir: Path, progress: Callable[[str], None]) -> Manifest:
     """Train on a stratified 80 % split, evaluate on the held-out 20 %, save `model.joblib`."""
     # Heavy imports here, not at module level: the orchestrator imports this file even when cached.
-    import joblib
-    from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.model_selection import train_test_split
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
+
+    pipeline = Pipeline(
+        [("scale", StandardScaler()), ("clf", LogisticRegression(C=1.0, max_iter=1000, random_state=SEED))]
+    )
+    return train(out_dir, progress, pipeline, NAME, VERSION, "StandardScaler + LogisticRegression")
+
+
+def train(
+    out_dir: Path, progress: Callable[[str], None], estimator: Any, name: str, version_: str, described: str
+) -> Manifest:
+    """Fit `estimator` on the split every iris version shares, evaluate it, save `model.joblib`."""
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.model_selection import train_test_split
 
     data = load_iris()
     x_train, x_test, y_train, y_test = train_test_split(
         data.data, data.target, test_size=0.2, stratify=data.target, random_state=SEED
     )
-    progress(f"training on {len(x_train)} flowers, testing on {len(x_test)}")
-    pipeline = Pipeline(
-        [("scale", StandardScaler()), ("clf", LogisticRegression(C=1.0, max_iter=1000, random_state=SEED))]
-    )
-    pipeline.fit(x_train, y_train)
-    predicted = pipeline.predict(x_test)
+    progress(f"training {described} on {len(x_train)} flowers, testing on {len(x_test)}")
+    estimator.fit(x_train, y_train)
+    predicted = estimator.predict(x_test)
     metrics = {
         "accuracy": float(accuracy_score(y_test, predicted)),
         "macro_f1": float(f1_score(y_test, predicted, average="macro")),
@@ -61,20 +70,15 @@ def build(out_dir: Path, progress: Callable[[str], None]) -> Manifest:
     # The service maps class ids to names through `labels`; make sure the order is scikit-learn's.
     if [str(n) for n in data.target_names] != LABELS:
         raise RuntimeError(f"unexpected iris class order {list(data.target_names)}")
-    joblib.dump(pipeline, out_dir / "model.joblib")
+    joblib.dump(estimator, out_dir / "model.joblib")
     return Manifest(
-        name=NAME,
-        version=VERSION,
+        name=name,
+        version=version_,
         domain="tabular",
         created=utc_now(),
         framework=f"scikit-learn {version('scikit-learn')}",
         data_source="UCI iris (150 flowers, bundled with scikit-learn); stratified 80/20 split, seed 42",
         metrics=metrics,
-        extra={
-            "labels": LABELS,
-            "features": FEATURES,
-            "units": "cm",
-            "estimator": "StandardScaler + LogisticRegression",
-        },
+        extra={"labels": LABELS, "features": FEATURES, "units": "cm", "estimator": described},
         files=hash_files(out_dir),
     )

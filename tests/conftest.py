@@ -14,6 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
+# The tests' own helper modules (polling, otlp_receiver), importable from every test folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from devstack import LocalStack, copy_repository, free_port, running_stack  # noqa: E402
 

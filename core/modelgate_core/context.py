@@ -19,6 +19,8 @@ REQUEST_ID_HEADER = "x-request-id"
 # The caller's remaining time budget, in whole milliseconds, when it sent the request (the gateway sends
 # its read timeout): past it nobody waits for the answer, so a service drops work not yet begun.
 DEADLINE_HEADER = "x-request-deadline-ms"
+# Which repository version answered an inference request (a canary split chooses per request).
+MODEL_VERSION_HEADER = "x-model-version"
 # A longer budget is taken as this one: 10 minutes, more than any caller of ours waits (the gateway's
 # longest timeout is MODEL_LOAD_TIMEOUT, 120 s).
 MAX_DEADLINE_MS = 600_000
@@ -41,6 +43,8 @@ class RequestContext:
     timings: dict[str, float] = field(default_factory=dict)
     # When the caller gives up, on `time.monotonic()`'s clock (from `DEADLINE_HEADER`); None: never.
     deadline: float | None = None
+    # The request's trace (32 hex digits) while tracing is on (`modelgate_core.tracing`); None: off.
+    trace_id: str | None = None
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("modelgate_request", default=None)

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from modelgate_core.context import current_request_id
+from modelgate_core.context import current_context
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -42,9 +42,12 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "message": record.getMessage(),
         }
-        request_id = getattr(record, "request_id", None) or current_request_id()
+        ctx = current_context()
+        request_id = getattr(record, "request_id", None) or (ctx.request_id if ctx is not None else None)
         if request_id:
             entry["request_id"] = request_id
+        if ctx is not None and ctx.trace_id is not None:
+            entry["trace_id"] = ctx.trace_id  # a log line leads to its trace
         for key, value in record.__dict__.items():
             if key not in _RESERVED and key not in entry:
                 entry[key] = value

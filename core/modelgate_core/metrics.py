@@ -53,6 +53,17 @@ MODEL_BATCH_SIZE = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
 )
+VERSION_REQUESTS = Counter(
+    "modelgate_version_requests_total",
+    "Requests a model version handled, by outcome: ok, client_error (4xx: the input), error (the rest).",
+    ["model", "version", "outcome"],
+)
+VERSION_REQUEST_LATENCY = Histogram(
+    "modelgate_version_request_duration_seconds",
+    "Time one request spent in a model version (checks, queue, pre/postprocessing, the model call).",
+    ["model", "version"],
+    buckets=_LATENCY_BUCKETS,
+)
 MODEL_READY = Gauge(
     "modelgate_model_ready",
     "1 when the model is loaded in a live worker.",

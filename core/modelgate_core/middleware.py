@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelgate_core import context
+from modelgate_core import context, tracing
 from modelgate_core.asgi import header
 from modelgate_core.errors import error_body, is_oip_path
 from modelgate_core.metrics import HTTP_IN_FLIGHT, HTTP_LATENCY, HTTP_REQUESTS, Children
@@ -46,6 +46,14 @@ class RequestContextMiddleware:
         ctx = context.context_for(scope.get("headers", ()))
         request_id = ctx.request_id
         token = context.bind(ctx)
+        # Tracing off: this one test per request is all it costs (see modelgate_core.tracing).
+        active = tracing.tracer
+        traced = (
+            None
+            if active is None or scope["path"] in _QUIET_PATHS
+            else tracing.start_server_span(active, scope, ctx)
+        )
+        failure: BaseException | None = None
         status = 500
         started = time.perf_counter()
         request_id_header = (b"x-request-id", request_id.encode())
@@ -70,7 +78,8 @@ class RequestContextMiddleware:
         in_flight.inc()
         try:
             await self.app(scope, receive, send_with_request_id)
-        except Exception:
+        except Exception as exc:
+            failure = exc
             if started_response:
                 raise  # too late for an error answer: the server closes the connection
             # Answered here, inside the request's context, so that the 500 carries its request ID
@@ -86,6 +95,8 @@ class RequestContextMiddleware:
             method = scope["method"]
             self._requests(self.service, route_path, method, str(status)).inc()
             self._latency(self.service, route_path, method).observe(elapsed)
+            if traced is not None:
+                tracing.end_server_span(traced, status, getattr(route, "path", None), ctx.fields, failure)
             path = scope["path"]
             level = logging.DEBUG if path in _QUIET_PATHS and status < 400 else logging.INFO
             if access_logger.isEnabledFor(level):

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, FastAPI
 from pydantic import Field
 
+from modelgate_core import tracing
 from modelgate_core.batching import BatchPolicy
 from modelgate_core.config import CommonSettings
 from modelgate_core.errors import install_error_handlers
@@ -53,6 +54,10 @@ class ServiceSettings(CommonSettings):
     # A light model (unbatched) whose requests lately cost less CPU than this runs on the event loop
     # instead of a worker-thread round trip; 0: never (for a model that may block without warning).
     model_inline_below_ms: float = Field(default=1.0, ge=0, le=50)
+    # Where admin calls keep the traffic they set (default version, canary, shadow), shared by this
+    # service's workers. Unset: beside the workers' control files, lost at restart and not shared with
+    # replicas; a directory on a volume every replica mounts makes the calls lasting and shared.
+    model_traffic_dir: Path | None = None
 
     def batch_policy(self) -> BatchPolicy | None:
         return None
@@ -72,6 +77,7 @@ class ServiceSettings(CommonSettings):
             ),
             poll_seconds=self.model_poll_seconds,
             report_unclaimed=self.report_unclaimed_models,
+            traffic_dir=self.model_traffic_dir,
         )
 
 
@@ -134,10 +140,12 @@ def create_service_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         drain.watch_sigterm()
+        tracing.setup(settings.service_name)  # here, in each worker: after Gunicorn's fork
         keeper = asyncio.create_task(_keep_in_step(repository))
         yield
         keeper.cancel()
         repository.control.forget_self()
+        tracing.shutdown()
 
     app = FastAPI(title=title, version=version, lifespan=lifespan, telemetry=FASTAPI_TELEMETRY_OFF)
     install_error_handlers(app)

@@ -27,6 +27,7 @@ async def test_versions_and_the_default_one(
     write_version(repo_root, "double", "3", factor=3)
     write_version(repo_root, "double", "latest", factor=9)  # not a version: ignored
     write_version(repo_root, "double", "0", factor=9)  # versions are positive
+    (repo_root / "double" / "model.json").write_text('{"version_policy": {"all": {}}}')
     repository = make_repository(repo_root, control_dir)
     await repository.start()
     assert states(repository) == {("double", "1"): ("READY", ""), ("double", "3"): ("READY", "")}

@@ -23,6 +23,7 @@ from gateway.routes import docs, inference, models, repository, server
 from gateway.routes.domain import domain_router
 from gateway.transport import make_transport
 from gateway.upstream import BINARY_HEADER, Upstream, UpstreamClient
+from modelgate_core import tracing
 from modelgate_core.errors import install_error_handlers
 from modelgate_core.health import Drain, health_router
 from modelgate_core.logging import configure_logging
@@ -109,6 +110,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         drain.watch_sigterm()
+        tracing.setup(settings.service_name)  # here, in each worker: after Gunicorn's fork
         pool = transport or make_transport(
             settings.upstream_transport,
             settings.upstream_max_connections,
@@ -146,6 +148,7 @@ def create_app(
                 await limiter.close()
             if cache is not None:
                 await cache.close()
+            tracing.shutdown()
 
     # FastAPI's own document would only know the gateway's routes: /openapi.json is the merged one.
     app = FastAPI(
@@ -180,6 +183,7 @@ def create_app(
             allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-ID", BINARY_HEADER],
             expose_headers=[
                 "X-Request-ID",
+                "X-Trace-ID",
                 "Retry-After",
                 "RateLimit-Limit",
                 "RateLimit-Remaining",

@@ -19,6 +19,7 @@ from gateway.directory import ModelDirectory
 from gateway.keys import ADMIN_SCOPE, ApiKey, KeyStore
 from gateway.ratelimit import RATE_LIMIT_ERRORS, RATE_LIMITED, Limit, RateLimiter, headers_for, limit_source
 from gateway.upstream import Upstream, UpstreamClient
+from modelgate_core import tracing
 from modelgate_core.context import add_response_header, annotate
 from modelgate_core.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from modelgate_core.health import Drain
@@ -98,14 +99,16 @@ async def verify_key(state: GatewayState, presented: str | None, address: str) -
         )
     if state.auth_failures is not None:
         state.auth_failures.check(address)
-    record = await state.keys.authenticate(presented)
+    with tracing.step("gateway.auth"):
+        record = await state.keys.authenticate(presented)
     if record is None:
         if state.auth_failures is not None:
             state.auth_failures.record_failure(address)
         raise Unauthorized("Invalid API key", headers={"www-authenticate": "Bearer"})
     annotate(key_name=record.name)
     if state.limiter is not None:
-        await enforce_rate_limit(state, record)
+        with tracing.step("gateway.rate_limit"):
+            await enforce_rate_limit(state, record)
     return record
 
 

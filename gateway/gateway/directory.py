@@ -120,7 +120,8 @@ class ModelDirectory:
             location = self._find(name, version)
         if location is None:
             silent = [s for s in self.services if not (v := self._views.get(s)) or not v.answering]
-            if silent:
+            # A version its answering owner does not list is unknown: no other service can hold it.
+            if silent and not (version is not None and name in self._owners):
                 # A service that does not answer may hold it: not knowing is not "there is none".
                 raise ServiceUnavailable(
                     f"{self._unknown_message(name, version)} among the services that answer; "

@@ -20,6 +20,7 @@ from modelgate_core.oip.types import (
     RepositoryEntry,
     ServerMetadata,
 )
+from modelgate_core.repository.policy import Traffic
 from modelgate_core.schemas.common import ErrorResponse
 
 
@@ -57,6 +58,23 @@ class RepositoryUnloadResponse(BaseModel):
     state: ModelState
 
 
+class ServingTraffic(BaseModel):
+    """What the unversioned routes do now (a default or canary that is not ready is passed over)."""
+
+    default_version: str | None
+    canary: dict[str, Any] | None
+    shadow: str | None
+
+
+class TrafficState(BaseModel):
+    name: str
+    source: str = Field(description="defaults, model.json, or admin (a traffic call)")
+    error: str | None = Field(default=None, description="Why the model.json on disk is not used")
+    configured: Traffic
+    serving: ServingTraffic
+    versions: list[str]
+
+
 class PredictRequest(BaseModel):
     """KServe v1 `:predict`: one row per instance, in the model's input layout."""
 
@@ -74,6 +92,7 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     RepositoryIndexRequest,
     RepositoryLoadRequest,
     PredictRequest,
+    Traffic,
 )
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     ServerMetadata,
@@ -85,6 +104,7 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     RepositoryEntry,
     RepositoryLoadResponse,
     RepositoryUnloadResponse,
+    TrafficState,
     PredictResponse,
     OipError,
     ErrorResponse,

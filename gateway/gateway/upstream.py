@@ -18,6 +18,7 @@ import httpx
 import orjson
 
 from gateway.resilience import CircuitBreaker, ReplicaResolver, RetryBudget, backoff
+from modelgate_core import tracing
 from modelgate_core.context import annotate, current_request_id, record_timing
 from modelgate_core.errors import BadGateway, GatewayTimeout, ModelGateError, ServiceUnavailable
 from modelgate_core.metrics import UPSTREAM_LATENCY, Children
@@ -36,6 +37,7 @@ _PASS_RESPONSE_HEADERS = frozenset(
         "server-timing",
         "retry-after",
         "x-cache",
+        "x-model-version",  # which version answered (a canary split chooses per request)
         "allow",  # a service's 405 says which methods its route has
         BINARY_HEADER,
     }
@@ -146,6 +148,9 @@ class UpstreamClient:
         read_timeout = timeout or upstream.timeout
         sent_headers["x-request-deadline-ms"] = f"{read_timeout * 1000:.0f}"  # how long we wait
         extensions = {"timeout": self._timeout(read_timeout)}
+        # Off: None at the cost of a call. On: the service's span is this one's child (`traceparent`).
+        span = tracing.start_client_span(upstream.name, method, path, sent_headers)
+        failure: BaseException | None = None
         self.budget.deposit()
         started = time.perf_counter()
         outcome = "error"
@@ -180,8 +185,10 @@ class UpstreamClient:
             outcome = type(exc).__name__
             if admission is not None:
                 admission.failure()
-            raise map_transport_error(upstream, exc) from exc
-        except ModelGateError:
+            failure = map_transport_error(upstream, exc)
+            raise failure from exc
+        except ModelGateError as exc:
+            failure = exc
             if admission is not None:
                 admission.failure()
             raise
@@ -201,6 +208,8 @@ class UpstreamClient:
                     upstream_retries=attempt,
                 )
                 record_timing("upstream", elapsed * 1000)
+            if span is not None:
+                tracing.end_client_span(span, outcome, attempt, failure)
         return answer
 
 

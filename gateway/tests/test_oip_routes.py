@@ -422,3 +422,35 @@ def test_repository_needs_admin(client: TestClient, tabular_key: str, services: 
     headers = {"X-API-Key": tabular_key}
     assert_oip_error(client.post("/v2/repository/models/iris/unload", headers=headers), 403, "forbidden")
     assert services.sent("/v2/repository/models/iris/unload") == []
+
+
+def test_traffic_calls_go_to_the_service_holding_the_model(
+    client: TestClient, all_key: str, services: FakeServices
+) -> None:
+    headers = {"X-API-Key": all_key}
+    body = {"default_version": "1", "canary": {"version": "2", "percent": 10}}
+    calls = [
+        ("PUT", "/v2/repository/models/sentiment/traffic", body),
+        ("GET", "/v2/repository/models/sentiment/traffic", None),
+        ("POST", "/v2/repository/models/sentiment/traffic/promote", None),
+        ("POST", "/v2/repository/models/sentiment/traffic/rollback", None),
+    ]
+    for method, path, sent_body in calls:
+        response = client.request(method, path, json=sent_body, headers=headers)
+        assert response.status_code == 200, (path, response.text)
+        (sent,) = [r for r in services.sent(path) if r.method == method]
+        assert services.service_of(sent) == "nlp"
+        assert (json.loads(sent.content) if sent.content else None) == sent_body
+
+
+def test_traffic_calls_need_admin(client: TestClient, tabular_key: str, services: FakeServices) -> None:
+    headers = {"X-API-Key": tabular_key}
+    body = {"default_version": "2"}
+    assert_oip_error(
+        client.put("/v2/repository/models/iris/traffic", json=body, headers=headers), 403, "forbidden"
+    )
+    assert_oip_error(
+        client.post("/v2/repository/models/iris/traffic/promote", headers=headers), 403, "forbidden"
+    )
+    assert services.sent("/v2/repository/models/iris/traffic") == []
+    assert services.sent("/v2/repository/models/iris/traffic/promote") == []

@@ -42,7 +42,7 @@ def nlp_router(repository: ModelRepository) -> APIRouter:
             )
             for label, score, truncated in zip(out["label"], out["score"], out["truncated"], strict=True)
         ]
-        return predictions, ModelRef(name="sentiment", version=served.artifact_version())
+        return predictions, ModelRef.of(served)
 
     @router.post("/sentiment", summary="Sentiment of one text")
     async def sentiment(request: SentimentRequest) -> SentimentResponse:

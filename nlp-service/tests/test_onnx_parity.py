@@ -101,7 +101,7 @@ def test_the_answer_names_the_artifact_that_gave_it(
     # The folder holds the ONNX export and the torch weights it was exported from.
     artifact = manifest.version if backend == "onnx" else manifest.extra["parent"]["version"]
     assert (".onnx" in artifact) == (backend == "onnx")  # ".onnx." or ".onnx-int8."
-    model = {"name": "sentiment", "version": artifact}
+    model = {"name": "sentiment", "version": artifact, "model_version": "1"}
     assert post(client, BATCH, {"texts": list(SENTENCES)[:2]})["model"] == model
     assert post(client, SINGLE, {"text": "I love it!"})["model"] == model
     (info,) = client.get("/v1/models").json()["models"]

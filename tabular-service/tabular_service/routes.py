@@ -12,7 +12,7 @@ from fastapi import APIRouter
 
 from modelgate_core.errors import ServiceUnavailable
 from modelgate_core.repository.repository import ModelRepository
-from modelgate_core.repository.served import ServedVersion
+from modelgate_core.repository.traffic import Routed
 from modelgate_core.schemas.common import ErrorResponse, ModelRef
 from modelgate_core.schemas.fraud import FraudTransaction
 from modelgate_core.schemas.tabular import (
@@ -27,7 +27,7 @@ from modelgate_core.schemas.tabular import (
 ERRORS = {code: {"model": ErrorResponse} for code in (413, 422, 503)}
 
 
-def _setting(served: ServedVersion, name: str) -> Any:
+def _setting(served: Routed, name: str) -> Any:
     """A model parameter from model-settings.json, else from the built artifact's manifest."""
     context = served.runtime.context
     if name in context.parameters:
@@ -37,7 +37,7 @@ def _setting(served: ServedVersion, name: str) -> Any:
     raise ServiceUnavailable(f"Model '{served.name}' has no '{name}' parameter for this route")
 
 
-async def _probabilities(served: ServedVersion, rows: Sequence[list[float]]) -> np.ndarray[Any, Any]:
+async def _probabilities(served: Routed, rows: Sequence[list[float]]) -> np.ndarray[Any, Any]:
     (spec,) = served.inputs
     dtype = np.float32 if spec.datatype == "FP32" else np.float64
     outputs = await served.infer({spec.name: np.asarray(rows, dtype=dtype)})
@@ -60,7 +60,7 @@ def tabular_router(repository: ModelRepository) -> APIRouter:
         served = repository.require("iris")
         labels = [str(label) for label in _setting(served, "labels")]
         probabilities = await _probabilities(served, [f.to_row() for f in instances])
-        ref = ModelRef(name="iris", version=served.artifact_version())
+        ref = ModelRef.of(served)
         return [_iris_prediction(labels, p) for p in probabilities], ref
 
     @router.post("/iris", summary="Predict the iris species of one flower")
@@ -86,7 +86,7 @@ def tabular_router(repository: ModelRepository) -> APIRouter:
             fraud_probability=round(probability, 6),
             is_fraud=probability >= threshold,
             threshold=threshold,
-            model=ModelRef(name="fraud", version=served.artifact_version()),
+            model=ModelRef.of(served),
         )
 
     return router

@@ -15,7 +15,7 @@ from devstack import LocalStack
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-TAGS = ("tabular", "vision", "nlp", "catalog")  # the locustfile's task tags
+TAGS = ("tabular", "vision", "nlp", "catalog", "versions")  # the locustfile's task tags
 
 
 def test_smoke_profile_passes_with_no_failures(stack: LocalStack, api_key: str, tmp_path: Path) -> None:
@@ -62,6 +62,8 @@ def test_smoke_profile_passes_with_no_failures(stack: LocalStack, api_key: str, 
         parts = row["Name"].split("/")  # /v1/<domain>/<route>, or /v1/models
         if row["Name"] == "/v1/models":
             by_domain["catalog"] += int(row["Request Count"])
+        elif row["Name"].startswith("/v2/models/iris/") and row["Name"].endswith("(version 1)"):
+            by_domain["versions"] += int(row["Request Count"])  # named after the version that answered
         elif len(parts) > 2 and parts[2] in by_domain:
             by_domain[parts[2]] += int(row["Request Count"])
     for domain, count in by_domain.items():

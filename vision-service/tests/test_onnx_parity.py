@@ -111,7 +111,11 @@ def test_the_answer_names_the_artifact_that_gave_it(
     artifact = manifest.version if backend == "onnx" else manifest.extra["parent"]["version"]
     assert (".onnx." in artifact) == (backend == "onnx")
     # The public name stays; the version is the artifact's that answered.
-    assert classify(client, photos()[0]).json()["model"] == {"name": "imagenet", "version": artifact}
+    assert classify(client, photos()[0]).json()["model"] == {
+        "name": "imagenet",
+        "version": artifact,
+        "model_version": "1",
+    }
     (info,) = client.get("/v1/models").json()["models"]
     assert info["name"] == "imagenet" and info["version"] == artifact
     metadata = client.get("/v2/models/imagenet").json()

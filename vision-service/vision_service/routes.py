@@ -59,8 +59,6 @@ def vision_router(repository: ModelRepository) -> APIRouter:
                 out["label"][0], out["class_id"][0], out["score"][0], strict=True
             )
         ]
-        return ClassifyResponse(
-            predictions=scores, model=ModelRef(name="imagenet", version=served.artifact_version())
-        )
+        return ClassifyResponse(predictions=scores, model=ModelRef.of(served))
 
     return router

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from pydantic import ValidationError
 
 from modelgate_core.errors import BadRequest, ServiceUnavailable, Unprocessable
 from modelgate_core.oip.codec import decode_infer_request, encode_infer_response
@@ -22,6 +23,7 @@ from modelgate_core.oip.types import (
     ServerMetadata,
     TensorSpec,
 )
+from modelgate_core.repository.policy import Traffic, problems
 from modelgate_core.repository.repository import ModelRepository
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
@@ -56,8 +58,12 @@ class DataPlane:
             platform=runtime.platform,
             inputs=served.inputs,
             outputs=served.outputs,
-            parameters={"version": served.version, **runtime.describe()},
+            parameters={"version": served.version, **runtime.describe(), **self._traffic(name, version)},
         )
+
+    def _traffic(self, name: str, version: str | None) -> dict[str, Any]:
+        """What the unversioned routes of the model serve now (in the unversioned metadata only)."""
+        return {} if version is not None else {"traffic": self.repository.traffic(name)["serving"]}
 
     def model_ready(self, name: str, version: str | None) -> bool:
         """Whether the version answers; an unknown model or version is a 404 (raised)."""
@@ -71,7 +77,7 @@ class DataPlane:
         self, name: str, version: str | None, body: bytes, header_length: str | None
     ) -> tuple[bytes, dict[str, str]]:
         """Decode, check, infer and encode one OIP request; returns the body and its headers."""
-        served = self.repository.get(name, version)
+        served = self.repository.route(name, version)
         request = decode_infer_request(body, header_length=header_length, inputs=served.inputs)
         by_name = {spec.name: spec for spec in served.outputs}
         if request.outputs is not None:
@@ -97,7 +103,7 @@ class DataPlane:
     async def predict_instances(self, name: str, body: bytes) -> dict[str, Any]:
         """`{"instances": [...]}` -> `{"predictions": [...]}`: one prediction per instance, the output's
         value when the model has one output, else an object of every output."""
-        served = self.repository.get(name)
+        served = self.repository.route(name)
         instances = _instances(body)
         oip_inputs = _instances_to_inputs(served.inputs, instances)
         request = decode_infer_request(
@@ -122,6 +128,22 @@ class DataPlane:
 
     async def unload(self, name: str) -> None:
         await self.repository.unload(name)
+
+    def traffic(self, name: str) -> dict[str, Any]:
+        return self.repository.traffic(name)
+
+    async def set_traffic(self, name: str, body: bytes) -> dict[str, Any]:
+        try:
+            traffic = Traffic.model_validate_json(body or b"{}")
+        except ValidationError as exc:
+            raise BadRequest(f"Invalid traffic: {problems(exc)}") from exc
+        return await self.repository.set_traffic(name, traffic)
+
+    async def promote(self, name: str) -> dict[str, Any]:
+        return await self.repository.promote(name)
+
+    async def rollback(self, name: str) -> dict[str, Any]:
+        return await self.repository.rollback(name)
 
 
 def _instances(body: bytes) -> list[Any]:

@@ -25,6 +25,7 @@ from modelgate_core.oip.types import (
     RepositoryEntry,
     ServerMetadata,
 )
+from modelgate_core.repository.policy import Traffic
 
 OIP_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": OipError, "description": description}
@@ -71,6 +72,13 @@ PREDICT_BODY: dict[str, Any] = {
                 }
             }
         },
+    }
+}
+
+TRAFFIC_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Traffic"}}},
     }
 }
 
@@ -179,6 +187,31 @@ def oip_router(plane: DataPlane) -> APIRouter:
         await plane.unload(name)
         return _json({"name": name, "state": "UNAVAILABLE"})
 
+    @router.get(
+        "/v2/repository/models/{name}/traffic",
+        summary="How unversioned requests are shared between the model's versions",
+    )
+    async def repository_traffic(name: str) -> Response:
+        return _json(plane.traffic(name))
+
+    @router.put(
+        "/v2/repository/models/{name}/traffic",
+        summary="Set the default version, canary and shadow (answers once every worker applies it)",
+        openapi_extra=TRAFFIC_BODY,
+    )
+    async def repository_set_traffic(name: str, request: Request) -> Response:
+        return _json(await plane.set_traffic(name, await request.body()))
+
+    @router.post("/v2/repository/models/{name}/traffic/promote", summary="The canary becomes the default")
+    async def repository_promote(name: str, request: Request) -> Response:
+        await _optional_object(request)
+        return _json(await plane.promote(name))
+
+    @router.post("/v2/repository/models/{name}/traffic/rollback", summary="Remove the canary")
+    async def repository_rollback(name: str, request: Request) -> Response:
+        await _optional_object(request)
+        return _json(await plane.rollback(name))
+
     @router.post(
         "/v1/models/{name}:predict",
         summary="Predict for a list of instances (TF Serving / KServe v1 style)",
@@ -207,6 +240,9 @@ async def _optional_object(request: Request) -> dict[str, Any]:
 
 def oip_components() -> dict[str, Any]:
     """Component schemas the `/v2` operations refer to, for an app's OpenAPI document."""
-    schema = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    defs = schema.pop("$defs", {})
-    return {"InferenceRequest": schema, **defs}
+    components: dict[str, Any] = {}
+    for model in (InferenceRequest, Traffic):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    return components

@@ -1,11 +1,13 @@
 """The model repository as one service's worker sees it: which folders are its models, what is
 loaded, and keeping that in step with the folder and with explicit load/unload calls.
 
-Layout: `<root>/<name>/<version>/model-settings.json` + the model's files. Versions are positive
-integers (other folder names are ignored with a warning, as Triton does); the highest ready version
-answers when a request names none. A service loads the folders whose runtime it owns
-(`RUNTIME_SERVICES`) and leaves the others to their service; a folder no service can own (bad
-JSON, unknown runtime) is reported by the service configured to report it (`report_unclaimed`).
+Layout: `<root>/<name>/<version>/model-settings.json` + the model's files, and optionally
+`<root>/<name>/model.json` (`policy`: which versions are served, the default, a canary, a shadow).
+Versions are positive integers (other folder names are ignored with a warning, as Triton does); when a
+request names none, the traffic decides (`traffic`): by default the highest ready version. A service
+loads the folders whose runtime it owns (`RUNTIME_SERVICES`) and leaves the others to their service;
+a folder no service can own (bad JSON, unknown runtime) is reported by the service configured to
+report it (`report_unclaimed`).
 
 A version is loaded once its files have stopped changing between two scans (a folder still being
 copied in is not loaded half-way), reloaded when they change, and dropped when its folder goes,
@@ -16,20 +18,31 @@ in the index and the logs; it never affects the other models.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 
 from modelgate_core.artifacts import ArtifactError
 from modelgate_core.batching import BatchPolicy
-from modelgate_core.errors import BadRequest, NotFound, ServiceUnavailable
+from modelgate_core.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from modelgate_core.metrics import MODEL_READY
 from modelgate_core.oip.types import ModelState, RepositoryEntry
 from modelgate_core.repository.control import CONTROL_CHECK_SECONDS, Control
+from modelgate_core.repository.policy import (
+    ModelPolicy,
+    ModelPolicyError,
+    Traffic,
+    TrafficOverrides,
+    read_policy,
+)
 from modelgate_core.repository.runtime import ModelContext, ModelRuntime
 from modelgate_core.repository.served import DEFAULT_MAX_QUEUED, INLINE_BELOW_SECONDS, ServedVersion
 from modelgate_core.repository.settings import (
@@ -40,6 +53,7 @@ from modelgate_core.repository.settings import (
     is_model_name,
     read_settings,
 )
+from modelgate_core.repository.traffic import Mirror, ModelRoutes, Routed
 
 logger = logging.getLogger("modelgate.repository")
 
@@ -84,10 +98,22 @@ class _Version:
 
 
 @dataclass
+class _Policy:
+    """A model's policy as this worker applies it: model.json with any admin override of its traffic."""
+
+    policy: ModelPolicy
+    file_digest: str = ""
+    source: str = "defaults"  # defaults | model.json | admin
+    error: str = ""  # why the current model.json is not used (the last good policy still is)
+
+
+@dataclass
 class _Scan:
     mine: dict[tuple[str, str], _Found] = field(default_factory=dict)
     # Folders of this service's runtimes that cannot be used, and unclaimed broken ones it reports.
     broken: dict[tuple[str, str], _Found] = field(default_factory=dict)
+    # model.json of every model folder that has one of this service's versions.
+    policies: dict[str, tuple[ModelPolicy | None, str, str]] = field(default_factory=dict)
 
 
 class ModelRepository:
@@ -104,6 +130,7 @@ class ModelRepository:
         poll_seconds: float = 2.0,
         report_unclaimed: bool = False,
         load_timeout: float = 300.0,
+        traffic_dir: Path | None = None,
     ) -> None:
         unknown = sorted(set(runtimes) - set(RUNTIME_SERVICES))
         if unknown:
@@ -118,6 +145,14 @@ class ModelRepository:
         self.load_timeout = load_timeout
         self.versions: dict[tuple[str, str], _Version] = {}
         self.broken: dict[tuple[str, str], _Found] = {}
+        # Admin changes of a model's traffic; by default beside the workers' control files (this service
+        # instance only, until it restarts): MODEL_TRAFFIC_DIR makes them shared and lasting.
+        self.overrides = TrafficOverrides(traffic_dir or control.directory / "traffic")
+        self.policies: dict[str, _Policy] = {}
+        # Version folders on disk that the model's version policy leaves out.
+        self.excluded: dict[tuple[str, str], _Found] = {}
+        self._routes: dict[str, ModelRoutes] = {}
+        self._mirrors: dict[str, Mirror] = {}
         self.started = False
         self._generation = 0
         self._previous: dict[tuple[str, str], Signature] = {}
@@ -126,8 +161,17 @@ class ModelRepository:
 
     # ---- serving ---------------------------------------------------------------------------------
 
+    def route(self, name: str, version: str | None = None) -> Routed:
+        """The version that answers this request for `name`: `version`, or the one the traffic chooses
+        (the default, or the canary for its share), with the shadow mirroring it; 404 or 503 otherwise."""
+        if version is None and (routes := self._routes.get(name)) is not None:
+            return routes.choose()
+        return self.get(name, version).pinned
+
     def get(self, name: str, version: str | None = None) -> ServedVersion:
-        """The version that answers for `name` (the highest ready one by default); 404 or 503 otherwise."""
+        """`version` of `name`, or its default version; 404 or 503 when it cannot answer."""
+        if version is None and (routes := self._routes.get(name)) is not None:
+            return routes.default.served
         known = sorted((v for (n, _), v in self.versions.items() if n == name), key=_version_key)
         if not known:
             if not self.started:
@@ -146,11 +190,11 @@ class ModelRepository:
             raise ServiceUnavailable(f"Model '{name}' version {chosen.version} is {chosen.state}{detail}")
         return chosen.served
 
-    def require(self, name: str) -> ServedVersion:
-        """`get(name)` for a route built on one named model: its absence is the service's problem
+    def require(self, name: str) -> Routed:
+        """`route(name)` for a route built on one named model: its absence is the service's problem
         (503, the model is not there), not an unknown resource the caller asked for."""
         try:
-            return self.get(name)
+            return self.route(name)
         except NotFound:
             raise ServiceUnavailable(f"Model '{name}' is not in the model repository") from None
 
@@ -184,7 +228,14 @@ class ModelRepository:
         entries += [
             RepositoryEntry(name=f.name, version=f.version, state="UNAVAILABLE", reason="not loaded yet")
             for key, f in pending.items()
-            if key not in broken
+            if key not in broken and key not in self.excluded
+        ]
+        entries += [
+            RepositoryEntry(
+                name=f.name, version=f.version, state="UNAVAILABLE", reason="not in the version policy"
+            )
+            for key, f in self.excluded.items()
+            if key not in self.versions
         ]
         entries.sort(key=lambda e: (e.name, int(e.version or 0)))
         return [e for e in entries if e.state == "READY"] if ready_only else entries
@@ -217,7 +268,9 @@ class ModelRepository:
             forced = {name for name, gen in control.loads.items() if gen > self._generation}
             scan = await anyio.to_thread.run_sync(self._scan)
             self.broken = scan.broken
-            wanted = {key: found for key, found in scan.mine.items() if key[0] not in control.unloaded}
+            self._apply_policies(scan)
+            present = {key: found for key, found in scan.mine.items() if key[0] not in control.unloaded}
+            wanted = self._served_by_policy(present)
             for key, found in sorted(wanted.items()):
                 current = self.versions.get(key)
                 retry = found.name in forced and (current is None or current.served is None)
@@ -234,7 +287,153 @@ class ModelRepository:
                 await self._unload(key, keep_as=reason or None)
             self._previous = {key: found.signature for key, found in scan.mine.items()}
             self._generation = max(self._generation, control.generation)
+            self._rebuild_routes()
             self._report()
+
+    def _apply_policies(self, scan: _Scan) -> None:
+        """Take each model's policy from this scan; a model.json that does not validate keeps the last
+        good policy in force (one bad edit must not take a model off the air) and says why."""
+        policies: dict[str, _Policy] = {}
+        for name, (policy, digest, error) in scan.policies.items():
+            previous = self.policies.get(name)
+            if policy is None:
+                kept = previous.policy if previous is not None else ModelPolicy()
+                if previous is None or previous.error != error:
+                    logger.warning("model.json not used", extra={"model": name, "reason": error})
+                policies[name] = _Policy(kept, digest, previous.source if previous else "defaults", error)
+                continue
+            override = self.overrides.read(name, digest)
+            if override is not None:
+                policies[name] = _Policy(policy.with_traffic(override), digest, "admin")
+            else:
+                policies[name] = _Policy(policy, digest, "model.json" if digest else "defaults")
+        self.policies = policies
+
+    def _served_by_policy(self, present: dict[tuple[str, str], _Found]) -> dict[tuple[str, str], _Found]:
+        """The version folders the models' version policies serve; the others are `excluded`."""
+        by_model: dict[str, list[str]] = {}
+        for name, version in present:
+            by_model.setdefault(name, []).append(version)
+        served = {
+            (name, version)
+            for name, versions in by_model.items()
+            for version in self._policy(name).policy.serves(versions)
+        }
+        self.excluded = {key: found for key, found in present.items() if key not in served}
+        return {key: found for key, found in present.items() if key in served}
+
+    def _policy(self, name: str) -> _Policy:
+        return self.policies.get(name) or _Policy(ModelPolicy())
+
+    def _rebuild_routes(self) -> None:
+        """Precompute every model's unversioned routing from its traffic and its ready versions.
+
+        A default or canary that is not ready (still loading, failed, gone) is passed over: the highest
+        ready version answers meanwhile, so changing the traffic never turns requests into 503s."""
+        routes: dict[str, ModelRoutes] = {}
+        mirrors: dict[str, Mirror] = {}
+        for name in {n for n, _ in self.versions}:
+            ready = {
+                v.version: v.served
+                for (n, _), v in sorted(self.versions.items(), key=lambda item: int(item[0][1]))
+                if n == name and v.served is not None
+            }
+            if not ready:
+                continue
+            traffic = self._policy(name).policy
+            canary = traffic.canary if traffic.canary and traffic.canary.version in ready else None
+            shadow = traffic.shadow if traffic.shadow and traffic.shadow.version in ready else None
+            default = ready.get(traffic.default_version or "")
+            if default is None:
+                roles = {r.version for r in (canary, shadow) if r is not None}
+                candidates = [served for version, served in ready.items() if version not in roles]
+                default = candidates[-1] if candidates else list(ready.values())[-1]
+            mirror = None
+            if shadow is not None and shadow.version != default.version:
+                mirror = self._mirrors.get(name)
+                if mirror is None or mirror.shadow is not ready[shadow.version] or mirror.spec != shadow:
+                    mirror = Mirror(name, ready[shadow.version], shadow)
+                mirrors[name] = mirror
+            routed_default = Routed(default, mirror) if mirror is not None else default.pinned
+            if canary is not None and canary.version != default.version:
+                routes[name] = ModelRoutes(routed_default, ready[canary.version].pinned, canary.percent)
+            else:
+                routes[name] = ModelRoutes(routed_default)
+        self._routes, self._mirrors = routes, mirrors
+
+    def traffic(self, name: str) -> dict[str, Any]:
+        """The traffic of `name` as configured and as applied now, for the admin API and metadata."""
+        if not any(n == name for n, _ in self.versions):
+            raise NotFound(f"Unknown model '{name}'")
+        state = self._policy(name)
+        routes = self._routes.get(name)
+        configured = state.policy.traffic().model_dump(mode="json", exclude_none=True)
+        return {
+            "name": name,
+            "source": state.source,
+            **({"error": state.error} if state.error else {}),
+            "configured": configured,
+            "serving": {
+                "default_version": routes.default.version if routes else None,
+                "canary": (
+                    {"version": routes.canary.version, "percent": routes.canary_percent}
+                    if routes and routes.canary
+                    else None
+                ),
+                "shadow": routes.default.mirror.shadow.version if routes and routes.default.mirror else None,
+            },
+            "versions": self.versions_of(name),
+        }
+
+    async def set_traffic(self, name: str, traffic: Traffic) -> dict[str, Any]:
+        """Replace the traffic of `name` in every worker (an override of model.json's); answer once
+        every worker of this service applies it. Versions it names must have a folder."""
+        scan = await anyio.to_thread.run_sync(self._scan)
+        on_disk = {v for n, v in scan.mine if n == name}
+        if not on_disk:
+            raise NotFound(f"Unknown model '{name}'")
+        missing = sorted(traffic.named_versions() - on_disk, key=int)
+        if missing:
+            raise BadRequest(f"Model '{name}' has no version {', '.join(missing)} in the repository")
+        if traffic.shadow is not None and traffic.shadow.compare is not None:
+            outputs = {
+                s.name
+                for v in self.versions.values()
+                if v.name == name and v.served
+                for s in v.served.outputs
+            }
+            unknown = sorted(set(traffic.shadow.compare) - outputs)
+            if outputs and unknown:
+                has = ", ".join(sorted(outputs))
+                raise BadRequest(f"Model '{name}' has no output {unknown[0]!r} to compare; it has {has}")
+        _, digest, _ = scan.policies.get(name, (None, "", ""))
+        self.overrides.write(name, traffic, digest)
+        with self.control.locked() as state:
+            state.generation += 1
+            # As for a load: every worker loads the versions named now, without waiting for their
+            # folders to settle, so that the call answers when the traffic is served everywhere.
+            state.loads[name] = state.generation
+            generation = state.generation
+        await self.reconcile(settle=False)
+        await self._wait_for_workers(generation)
+        return self.traffic(name)
+
+    async def promote(self, name: str) -> dict[str, Any]:
+        """The canary becomes the default (its share becomes all); the shadow stays."""
+        current = self._policy(name).policy.traffic()
+        if current.canary is None:
+            raise Conflict(f"Model '{name}' has no canary to promote")
+        promoted = current.canary.version
+        return await self.set_traffic(
+            name, Traffic(default_version=promoted, shadow=_unless(current, promoted))
+        )
+
+    async def rollback(self, name: str) -> dict[str, Any]:
+        """Remove the canary: the default answers every unversioned request again."""
+        current = self._policy(name).policy.traffic()
+        return await self.set_traffic(
+            name, Traffic(default_version=current.default_version, shadow=current.shadow)
+        )
 
     async def _load(self, key: tuple[str, str], found: _Found) -> None:
         old = self.versions.get(key)
@@ -256,6 +455,7 @@ class ModelRepository:
                 await self._retire(old.served)
             return
         entry.state, entry.reason, entry.served = "READY", "", served
+        self._rebuild_routes()
         MODEL_READY.labels(found.name).set(1)
         logger.info(
             "model loaded",
@@ -291,6 +491,8 @@ class ModelRepository:
             del self.versions[key]
         else:
             self.versions[key] = _Version(entry.name, entry.version, "UNAVAILABLE", keep_as)
+        # New requests stop choosing it before its in-flight ones are waited for.
+        self._rebuild_routes()
         if served is not None:
             await self._retire(served)
             logger.info("model unloaded", extra={"model": entry.name, "version": entry.version})
@@ -305,6 +507,7 @@ class ModelRepository:
                 extra={"model": served.name, "version": served.version},
             )
         await anyio.to_thread.run_sync(served.runtime.unload)
+        await anyio.to_thread.run_sync(_release_memory)
 
     def _report(self) -> None:
         models = {f"{v.name}/{v.version}": [v.state, v.reason] for v in self.versions.values()}
@@ -390,6 +593,12 @@ class ModelRepository:
                     )
                     continue
                 self._classify(scan, model_dir.name, str(int(version_dir.name)), version_dir)
+            if any(n == model_dir.name for n, _ in scan.mine):
+                try:
+                    policy, digest = read_policy(model_dir)
+                    scan.policies[model_dir.name] = (policy, digest, "")
+                except ModelPolicyError as exc:
+                    scan.policies[model_dir.name] = (None, "", str(exc))
         return scan
 
     def _classify(self, scan: _Scan, name: str, version: str, folder: Path) -> None:
@@ -438,6 +647,23 @@ def _signature(folder: Path) -> Signature:
 
 def _version_key(v: _Version) -> int:
     return int(v.version)
+
+
+def _unless(traffic: Traffic, version: str) -> Any:
+    """The traffic's shadow, unless it is `version` (which is becoming the default)."""
+    return traffic.shadow if traffic.shadow is not None and traffic.shadow.version != version else None
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+
+
+def _release_memory() -> None:
+    """After an unload: free the model's objects now and hand glibc's freed arenas back to the system,
+    so a worker's resident memory comes back down instead of staying at its peak."""
+    gc.collect()
+    trim = getattr(_LIBC, "malloc_trim", None)  # glibc only
+    if trim is not None:
+        trim(0)
 
 
 def _reason(exc: BaseException) -> str:

@@ -30,12 +30,19 @@ import anyio.to_thread
 import numpy as np
 from prometheus_client import Counter
 
+from modelgate_core import tracing
 from modelgate_core.batching import Batcher, BatchPolicy
 from modelgate_core.context import current_deadline, record_timing
 from modelgate_core.errors import BadRequest, GatewayTimeout, ModelGateError, ServiceUnavailable
-from modelgate_core.metrics import MODEL_BATCH_SIZE, MODEL_INFERENCE
+from modelgate_core.metrics import (
+    MODEL_BATCH_SIZE,
+    MODEL_INFERENCE,
+    VERSION_REQUEST_LATENCY,
+    VERSION_REQUESTS,
+)
 from modelgate_core.oip.types import TensorSpec
 from modelgate_core.repository.runtime import ModelRuntime, Tensors
+from modelgate_core.repository.traffic import Routed
 
 logger = logging.getLogger("modelgate.model")
 
@@ -72,13 +79,14 @@ class _Part:
     """One request inside this version: its deadline, whether it still waits for the model (counted
     in `ServedVersion.waiting`), and its prepared tensors (in a merged batch, once per row)."""
 
-    __slots__ = ("deadline", "rows", "tensors", "waiting")
+    __slots__ = ("deadline", "rows", "tensors", "trace", "waiting")
 
     def __init__(self, rows: int, deadline: float | None) -> None:
         self.rows = rows
         self.deadline = deadline
         self.tensors: Tensors = {}
         self.waiting = True
+        self.trace: tracing.Waiting | None = None  # for its batch's spans (`tracing.capture`)
 
 
 class _Slot:
@@ -139,6 +147,14 @@ class ServedVersion:
         self._idle: asyncio.Event | None = None
         self._inference = MODEL_INFERENCE.labels(self.name)
         self._batch_size = MODEL_BATCH_SIZE.labels(self.name)
+        self._trace_attributes = {tracing.MODEL_NAME: self.name, tracing.MODEL_VERSION: self.version}
+        self._outcomes = {
+            outcome: VERSION_REQUESTS.labels(self.name, self.version, outcome)
+            for outcome in ("ok", "client_error", "error")
+        }
+        self._latency = VERSION_REQUEST_LATENCY.labels(self.name, self.version)
+        # This version as a pinned request uses it: made once, not per request.
+        self.pinned = Routed(self)
         self.inline_below_seconds = inline_below_seconds
         # Recent duration of one whole light request (see `_infer_whole`); unknown until the first.
         self.recent_whole_seconds = float("inf")
@@ -185,6 +201,20 @@ class ServedVersion:
 
         Raises `ServiceUnavailable` (503, `Retry-After`) when `max_queued` requests already wait, and
         `DeadlineExceeded` when the caller's deadline passes before the model call begins."""
+        started = time.perf_counter()
+        try:
+            outputs = await self._infer(inputs, parameters)
+        except ModelGateError as exc:
+            self._outcomes["client_error" if exc.status_code < 500 else "error"].inc()
+            raise
+        except BaseException:
+            self._outcomes["error"].inc()
+            raise
+        self._outcomes["ok"].inc()
+        self._latency.observe(time.perf_counter() - started)
+        return outputs
+
+    async def _infer(self, inputs: Tensors, parameters: dict[str, Any] | None) -> Tensors:
         params = parameters or {}
         rows = check_inputs(self.runtime.inputs, inputs)
         part = _Part(rows, current_deadline())
@@ -202,7 +232,9 @@ class ServedVersion:
         try:
             async with self.in_use():
                 if self._batcher is None and light:
+                    queued = tracing.begin("model.queue", self._trace_attributes)
                     async with self._slot:
+                        tracing.finish(queued)
                         self._begin(part)
                         if self.recent_whole_seconds < self.inline_below_seconds:
                             outputs = self._infer_whole(inputs, params)  # on the loop: see the module doc
@@ -216,9 +248,12 @@ class ServedVersion:
                     else:
                         part.tensors = await anyio.to_thread.run_sync(self._preprocess, inputs, params)
                     if self._batcher is not None:
+                        part.trace = tracing.capture()
                         (raw, *_) = await self._batcher.submit([part] * max(rows, 1), part.deadline)
                     else:
+                        queued = tracing.begin("model.queue", self._trace_attributes)
                         async with self._slot:
+                            tracing.finish(queued)
                             self._begin(part)
                             raw = await anyio.to_thread.run_sync(
                                 self._predict, part.tensors, limiter=self._model_threads
@@ -271,17 +306,24 @@ class ServedVersion:
             )
 
     def _preprocess(self, inputs: Tensors, parameters: dict[str, Any]) -> Tensors:
-        return _guarded(self.name, "preprocess", self.runtime.preprocess, inputs, parameters)
+        with tracing.step("model.preprocess", self._trace_attributes):
+            return _guarded(self.name, "preprocess", self.runtime.preprocess, inputs, parameters)
 
     def _postprocess(self, raw: Tensors, parameters: dict[str, Any]) -> Tensors:
-        return _guarded(self.name, "postprocess", self.runtime.postprocess, raw, parameters)
+        with tracing.step("model.postprocess", self._trace_attributes):
+            return _guarded(self.name, "postprocess", self.runtime.postprocess, raw, parameters)
 
     def _predict(self, batch: Tensors) -> Tensors:
-        started = time.perf_counter()
-        outputs = _guarded(self.name, "predict", self.runtime.predict, batch)
-        self._inference.observe(time.perf_counter() - started)
-        self._batch_size.observe(_rows_of(batch))
-        return outputs
+        # Traced here for a request's own call; a batch's call is traced by `_run_merged`.
+        with tracing.step("model.predict", self._trace_attributes) as span:
+            started = time.perf_counter()
+            outputs = _guarded(self.name, "predict", self.runtime.predict, batch)
+            self._inference.observe(time.perf_counter() - started)
+            rows = _rows_of(batch)
+            self._batch_size.observe(rows)
+            if span is not None:
+                span.set_attribute(tracing.BATCH_SIZE, rows)
+            return outputs
 
     async def _run_merged(self, items: list[_Part]) -> list[Tensors | BaseException]:
         parts = _distinct(items)
@@ -290,15 +332,22 @@ class ServedVersion:
         merged = {
             name: np.concatenate([part.tensors[name] for part in parts], axis=0) for name in parts[0].tensors
         }
+        traced = (
+            None
+            if tracing.tracer is None
+            else tracing.open_batch([part.trace for part in parts], self._trace_attributes, len(items))
+        )
         try:
             raw = await anyio.to_thread.run_sync(self._predict, merged, limiter=self._limiter)
         except ModelGateError as exc:
+            tracing.close_batch(traced, exc)
             # One request's bad content failed the merged call: answer each request on its own, so
             # that only the one that sent it gets the error.
             if len(parts) == 1:
                 raise
             logger.info("merged batch failed; running its requests one by one", extra={"error": str(exc)})
             return await self._run_each(parts)
+        tracing.close_batch(traced)
         outcomes: list[Tensors | BaseException] = []
         start = 0
         for part in parts:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from modelgate_core.repository.traffic import Routed
 
 # Request models refuse unknown fields (a typo is an error, not silently dropped) and do not coerce
 # types (`"5.1"` or `true` for a number is an error, not a guess); JSON integers still pass as floats.
@@ -18,10 +21,16 @@ class StrictModel(BaseModel):
 
 
 class ModelRef(BaseModel):
-    """Which model answered."""
+    """Which model answered: its name, its artifact's version, and the repository version that served
+    the request (the one a canary split chose, say)."""
 
     name: str = Field(examples=["iris"])
     version: str = Field(examples=["1.0.0+3f9a2c41d0b7"])
+    model_version: str = Field(examples=["1"])
+
+    @classmethod
+    def of(cls, routed: Routed) -> ModelRef:
+        return cls(name=routed.name, version=routed.artifact_version(), model_version=routed.version)
 
 
 class ErrorDetail(BaseModel):

@@ -26,8 +26,9 @@ from gateway.config import GatewaySettings
 from gateway.deps import GatewayState, require_model_scope
 from gateway.keys import ApiKey
 from gateway.metrics import MODEL_REQUESTS
+from modelgate_core import tracing
 from modelgate_core.asgi import read_body
-from modelgate_core.context import annotate
+from modelgate_core.context import MODEL_VERSION_HEADER, annotate
 from modelgate_core.errors import ModelGateError
 from modelgate_core.metrics import Children
 
@@ -65,7 +66,10 @@ async def forward(
     if key is None:
         return await _send(state, service, request, path, body)
     assert state.cache is not None
-    cached = await state.cache.get(key)
+    with tracing.step("gateway.cache") as span:
+        cached = await state.cache.get(key)
+        if span is not None:
+            span.set_attribute("modelgate.cache.hit", cached is not None)
     CACHE_LOOKUPS.labels(service, "hit" if cached is not None else "miss").inc()
     if cached is None:
         flight = state.cache_flights.get(key)
@@ -199,6 +203,11 @@ async def forward_to_model(
             headers=request.headers,
         )
         status = answer.status_code
+        # Count the version that answered, which a canary split chose; digits only, so a label's values
+        # stay the versions that exist whatever a service sends.
+        answered = answer.headers.get(MODEL_VERSION_HEADER, "")
+        if version is None and answered.isdigit() and len(answered) <= 9:
+            version = answered
     except ModelGateError as exc:
         status = exc.status_code
         raise

@@ -1,7 +1,7 @@
 """`/v2/repository/...`: the OIP model repository extension over every service (scope `admin`).
 
-The index is the merge of every service's; load and unload go to the service holding the model, and
-the model directory is re-read once the service has answered, so routing follows at once.
+The index is the merge of every service's; load, unload and traffic changes go to the service holding
+the model, and the model directory is re-read once the service has answered, so routing follows at once.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from gateway.openapi_fragments import (
     RepositoryLoadRequest,
     RepositoryLoadResponse,
     RepositoryUnloadResponse,
+    TrafficState,
     answer,
     errors,
     json_body,
@@ -25,6 +26,7 @@ from gateway.openapi_fragments import (
 from modelgate_core.context import annotate
 from modelgate_core.errors import BadRequest
 from modelgate_core.oip.types import RepositoryEntry
+from modelgate_core.repository.policy import Traffic
 
 router = APIRouter(prefix="/v2/repository", tags=["model repository"])
 
@@ -58,7 +60,7 @@ def _index_request(body: bytes) -> RepositoryIndexRequest:
         raise BadRequest(f"Invalid repository index request: {problems}") from exc
 
 
-async def _change(state: State, request: Request, name: str, action: str) -> Response:
+async def _change(state: State, request: Request, name: str, action: str, method: str = "POST") -> Response:
     # Admin calls are rare: an unknown name always gets a fresh look before the 404.
     location = await state.directory.locate(name, always_refresh_on_miss=True)
     annotate(model=name)
@@ -66,7 +68,7 @@ async def _change(state: State, request: Request, name: str, action: str) -> Res
     try:
         answer = await state.client.request(
             state.upstreams[location.service],
-            "POST",
+            method,
             f"/v2/repository/models/{name}/{action}",
             content=body or None,
             content_type=request.headers.get("content-type") if body else None,
@@ -102,3 +104,50 @@ async def load_model(name: str, _key: AdminKey, state: State, request: Request) 
 )
 async def unload_model(name: str, _key: AdminKey, state: State, request: Request) -> Response:
     return await _change(state, request, name, "unload")
+
+
+_TRAFFIC = {
+    **answer(TrafficState, "The model's traffic: as configured, and as served now"),
+    **errors(*WRITE_ERRORS),
+}
+
+
+@router.get(
+    "/models/{name}/traffic",
+    summary="How the model's unversioned requests are shared between its versions",
+    response_model=None,
+    responses=_TRAFFIC,
+)
+async def model_traffic(name: str, _key: AdminKey, state: State, request: Request) -> Response:
+    return await _change(state, request, name, "traffic", "GET")
+
+
+@router.put(
+    "/models/{name}/traffic",
+    summary="Set the default version, canary and shadow; answers once the service's workers apply it",
+    response_model=None,
+    responses=_TRAFFIC,
+    openapi_extra=json_body(Traffic),
+)
+async def set_model_traffic(name: str, _key: AdminKey, state: State, request: Request) -> Response:
+    return await _change(state, request, name, "traffic", "PUT")
+
+
+@router.post(
+    "/models/{name}/traffic/promote",
+    summary="The canary becomes the default version",
+    response_model=None,
+    responses=_TRAFFIC,
+)
+async def promote_canary(name: str, _key: AdminKey, state: State, request: Request) -> Response:
+    return await _change(state, request, name, "traffic/promote")
+
+
+@router.post(
+    "/models/{name}/traffic/rollback",
+    summary="Remove the canary: the default version answers every unversioned request",
+    response_model=None,
+    responses=_TRAFFIC,
+)
+async def rollback_canary(name: str, _key: AdminKey, state: State, request: Request) -> Response:
+    return await _change(state, request, name, "traffic/rollback")
