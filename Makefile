@@ -53,6 +53,10 @@ test-integration: models ## Integration tests: the real four processes on local 
 	bash scripts/ensure_test_services.sh
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
+.PHONY: metrics-doc
+metrics-doc: $(STAMP) ## Regenerate docs/metrics.md (the metrics table) from the code and the Prometheus rules
+	$(PY) scripts/metrics_table.py
+
 check: lint typecheck ## ruff and mypy
 
 lint: $(STAMP)

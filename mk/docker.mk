@@ -17,9 +17,10 @@ DOWN_ARGS ?=
 DOCKER_OFFLINE_ENV := build/docker-offline.env
 OFFLINE_BASE_IMAGE ?= modelgate/python:3.11-bookworm
 OFFLINE_REDIS_IMAGE ?= modelgate/redis:7-bookworm
+OFFLINE_PROMETHEUS_IMAGE ?= modelgate/prometheus:bookworm
 -include $(DOCKER_OFFLINE_ENV)
 ifneq ($(wildcard $(DOCKER_OFFLINE_ENV)),)
-export MODELGATE_BASE_IMAGE MODELGATE_REDIS_IMAGE MODELGATE_WHEELHOUSE
+export MODELGATE_BASE_IMAGE MODELGATE_REDIS_IMAGE MODELGATE_PROMETHEUS_IMAGE MODELGATE_WHEELHOUSE
 DOCKER_IMAGES_TARGET ?= images-offline
 else
 DOCKER_IMAGES_TARGET ?= images
@@ -35,7 +36,7 @@ docker-setup: ## Install Docker + Compose v2 if missing; start dockerd if none a
 docker-stop: ## Stop the dockerd that docker-setup started (not someone else's)
 	@bash scripts/docker/stop_docker.sh
 
-base-images: docker-setup ## Local base images from Debian packages (python 3.11, redis 7)
+base-images: docker-setup ## Local base images from Debian packages (python 3.11, redis 7, prometheus)
 	@bash scripts/docker/build_base_images.sh
 
 wheelhouse: ## Wheels of every image's requirements in build/wheelhouse (for offline image builds)
@@ -45,7 +46,8 @@ images: docker-setup models ## Build the four images (base python:3.11-slim, pac
 	@rm -f $(DOCKER_OFFLINE_ENV)
 	@echo "==> Building the images: $(SERVICE_DIRS)"
 	@start=$$(date +%s); \
-	env -u MODELGATE_BASE_IMAGE -u MODELGATE_REDIS_IMAGE -u MODELGATE_WHEELHOUSE $(COMPOSE) build && \
+	env -u MODELGATE_BASE_IMAGE -u MODELGATE_REDIS_IMAGE -u MODELGATE_PROMETHEUS_IMAGE -u MODELGATE_WHEELHOUSE \
+		$(COMPOSE) build && \
 	echo "==> Images built in $$(( $$(date +%s) - start ))s" && $(SHOW_IMAGES)
 
 images-offline: docker-setup models ## No registry: Debian-built bases + wheelhouse, then the four images
@@ -53,7 +55,7 @@ images-offline: docker-setup models ## No registry: Debian-built bases + wheelho
 	@mkdir -p $(dir $(DOCKER_OFFLINE_ENV))
 	@printf '%s\n' "# written by make images-offline; make images removes it" \
 		"MODELGATE_BASE_IMAGE=$(OFFLINE_BASE_IMAGE)" "MODELGATE_REDIS_IMAGE=$(OFFLINE_REDIS_IMAGE)" \
-		"MODELGATE_WHEELHOUSE=1" > $(DOCKER_OFFLINE_ENV)
+		"MODELGATE_PROMETHEUS_IMAGE=$(OFFLINE_PROMETHEUS_IMAGE)" "MODELGATE_WHEELHOUSE=1" > $(DOCKER_OFFLINE_ENV)
 	@echo "==> Building the images offline (base $(OFFLINE_BASE_IMAGE), build/wheelhouse): $(SERVICE_DIRS)"
 	@start=$$(date +%s); \
 	MODELGATE_BASE_IMAGE=$(OFFLINE_BASE_IMAGE) MODELGATE_REDIS_IMAGE=$(OFFLINE_REDIS_IMAGE) \
@@ -63,7 +65,7 @@ images-offline: docker-setup models ## No registry: Debian-built bases + wheelho
 
 # The images and their sizes (a shell snippet: a $(MAKE) call in a recipe line runs even under make -n).
 SHOW_IMAGES = docker images --format 'table {{.Repository}}:{{.Tag}}\t{{.Size}}\t{{.CreatedSince}}' | \
-	grep -E '^(REPOSITORY|.*/(gateway|[a-z]+-service|python|redis):)' || true
+	grep -E '^(REPOSITORY|.*/(gateway|[a-z]+-service|python|redis|prometheus):)' || true
 
 up: docker-setup ## Start the stack and wait until every container is healthy
 	@echo "==> $(COMPOSE) up (waits for every health check: the models load first)"

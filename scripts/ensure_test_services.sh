@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Make sure the real services the tests start themselves are installed (Debian's redis-server).
+# Make sure the real services the tests start themselves are installed (Debian's redis-server), and
+# the tools they run (Debian's prometheus package, for promtool: tests/observability).
 # The tests start and stop their own instances on free ports; nothing here starts a daemon.
 set -euo pipefail
-if ! command -v redis-server >/dev/null 2>&1; then
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "==> Installing redis-server (Debian package) for the tests"
+    echo "==> Installing ${missing[*]} (Debian packages) for the tests"
     apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "redis-server is missing: install it (e.g. 'sudo apt-get install redis-server') and re-run" >&2
+    echo "${missing[*]} missing: install (e.g. 'sudo apt-get install ${missing[*]}') and re-run" >&2
     exit 1
   fi
 fi
-# The package starts a system instance on :6379; the tests do not use it, and we leave it as it is.
+# The packages start system instances (redis on :6379, prometheus on :9090) where an init system runs;
+# the tests do not use them, and we leave them as they are.

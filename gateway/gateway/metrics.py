@@ -11,3 +11,10 @@ MODEL_REQUESTS = Counter(
     "Requests to a model through the gateway's model routes, by model, version and status.",
     ["model", "version", "status"],
 )
+
+# One counter for every Redis client of the gateway (keys, rate limits, response cache): the alert on the
+# key store needs the failures themselves, while each client's own counter says what it did about them.
+REDIS_ERRORS = Counter(
+    "modelgate_redis_errors_total",
+    "Redis commands that failed (after the one reconnect on a dead connection).",
+)

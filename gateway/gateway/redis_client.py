@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from gateway.metrics import REDIS_ERRORS
+
 T = TypeVar("T")
 
 
@@ -25,7 +27,11 @@ async def with_reconnect(client: Any, call: Callable[[], Awaitable[T]]) -> T:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     try:
-        return await call()
-    except RedisConnectionError:
-        await client.connection_pool.disconnect()
-        return await call()
+        try:
+            return await call()
+        except RedisConnectionError:
+            await client.connection_pool.disconnect()
+            return await call()
+    except Exception:
+        REDIS_ERRORS.inc()
+        raise

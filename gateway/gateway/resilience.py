@@ -88,6 +88,10 @@ class CircuitBreaker:
     generation: int = 0
     _probe_in_flight: bool = False
 
+    def __post_init__(self) -> None:
+        # A series from the start, not from the first change: a dashboard shows "closed", not no data.
+        BREAKER_STATE.labels(self.name).set(_STATE_VALUE[self.state])
+
     def admit(self) -> Admission | None:
         """An admission for a call that may go out now, or None: the circuit is open."""
         if self.state == "closed":

@@ -4,6 +4,7 @@
 #
 #   modelgate/python:3.11-bookworm  python3 (3.11), python3-venv, ca-certificates   ($MODELGATE_BASE_IMAGE)
 #   modelgate/redis:7-bookworm      redis-server 7 (+ redis-cli)                     ($MODELGATE_REDIS_IMAGE)
+#   modelgate/prometheus:bookworm   prometheus 2 (+ promtool), busybox's wget        ($MODELGATE_PROMETHEUS_IMAGE)
 #
 # Each is a minimal bookworm rootfs (debootstrap --variant=minbase) with docs and caches trimmed,
 # `docker import`ed with the ENV/CMD a Dockerfile base needs. The mirror is the one this machine's apt
@@ -12,7 +13,7 @@
 # org.modelgate.base-key label already equals the key is not rebuilt. The key does not see Debian point
 # releases: MODELGATE_BASE_REFRESH=1 rebuilds from fresh packages.
 #
-# Usage: scripts/docker/build_base_images.sh [python|redis]...   (default: both)
+# Usage: scripts/docker/build_base_images.sh [python|redis|prometheus]...   (default: all three)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,6 +26,7 @@ ARCH="$(dpkg --print-architecture 2>/dev/null || echo amd64)"
 RECIPE_REV=1
 PYTHON_IMAGE="${MODELGATE_BASE_IMAGE:-modelgate/python:3.11-bookworm}"
 REDIS_IMAGE="${MODELGATE_REDIS_IMAGE:-modelgate/redis:7-bookworm}"
+PROMETHEUS_IMAGE="${MODELGATE_PROMETHEUS_IMAGE:-modelgate/prometheus:bookworm}"
 DEBS_CACHE="$DOCKER_STATE_DIR/debootstrap-debs"
 
 # name | image | packages | docker import --change lines (separated by ';;')
@@ -33,13 +35,17 @@ declare -A PACKAGES=(
     # python-is-python3: `python` works as in the official image; netbase: /etc/services, /etc/protocols.
     [python]="python3,python3-venv,python-is-python3,ca-certificates,netbase"
     [redis]="redis-server,netbase"
+    # busybox: `busybox wget` is the health check, the same command as in the public prom/prometheus.
+    [prometheus]="prometheus,busybox,netbase"
 )
-declare -A IMAGE=([python]="$PYTHON_IMAGE" [redis]="$REDIS_IMAGE")
+declare -A IMAGE=([python]="$PYTHON_IMAGE" [redis]="$REDIS_IMAGE" [prometheus]="$PROMETHEUS_IMAGE")
 declare -A CHANGES=(
     [python]="$PATH_ENV;;ENV LANG=C.UTF-8;;CMD [\"python3\"]"
     # Same contract as the official redis image: data in /data, runs as the redis user. Protected mode
     # and persistence are set on the command line by compose.yaml.
     [redis]="$PATH_ENV;;ENV LANG=C.UTF-8;;USER redis;;WORKDIR /data;;VOLUME /data;;EXPOSE 6379;;CMD [\"redis-server\", \"--protected-mode\", \"no\"]"
+    # Same contract as prom/prometheus: data in /prometheus, not root; compose.yaml sets the flags.
+    [prometheus]="$PATH_ENV;;ENV LANG=C.UTF-8;;USER prometheus;;WORKDIR /prometheus;;VOLUME /prometheus;;EXPOSE 9090;;CMD [\"prometheus\", \"--config.file=/etc/prometheus/prometheus.yml\", \"--storage.tsdb.path=/prometheus\"]"
 )
 
 # Image-specific steps after debootstrap, run on the rootfs.
@@ -48,6 +54,11 @@ post_redis() {
     # The redis user comes from the package's postinst; /data must be its own, as in the official image
     # (a new named volume mounted there copies this ownership).
     as_root chroot "$1" sh -c 'mkdir -p /data && chown redis:redis /data && chmod 0750 /data'
+}
+post_prometheus() {
+    # The prometheus user comes from the package's postinst; a new named volume at /prometheus copies
+    # this ownership, as with the public image's nobody-owned /prometheus.
+    as_root chroot "$1" sh -c 'mkdir -p /prometheus && chown prometheus:prometheus /prometheus && chmod 0750 /prometheus'
 }
 
 # The key covers the inputs and the code of the steps that shape the rootfs.
@@ -142,7 +153,7 @@ build_one() {
 
 main() {
     local names=("$@")
-    [[ ${#names[@]} -gt 0 ]] || names=(python redis)
+    [[ ${#names[@]} -gt 0 ]] || names=(python redis prometheus)
     command -v debootstrap >/dev/null || die "debootstrap is missing: run scripts/docker/setup_docker.sh"
     docker_answers || die "no Docker daemon answers: run scripts/docker/setup_docker.sh"
     mkdir -p "$DOCKER_STATE_DIR"
@@ -150,7 +161,7 @@ main() {
     flock 8
     local name
     for name in "${names[@]}"; do
-        [[ -n "${PACKAGES[$name]:-}" ]] || die "unknown base image '$name' (python, redis)"
+        [[ -n "${PACKAGES[$name]:-}" ]] || die "unknown base image '$name' (python, redis, prometheus)"
         build_one "$name"
     done
 }

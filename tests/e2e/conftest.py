@@ -1,5 +1,7 @@
 """The compose stack for the end-to-end tests: `docker compose up -d --wait` under a unique project name,
-the gateway on a free port of 127.0.0.1, always torn down (`down -v`) at the end.
+the gateway on a free port of 127.0.0.1, always torn down (`down -v`) at the end. The `observability`
+profile is on (Prometheus, its API on another free port, scraping every second; test_observability.py).
+One stack for every module that uses it: `test_down_removes_everything` runs after the last of them.
 
 No Docker daemon (or no Compose v2, or images not built): the tests skip with the reason, unless
 MODELGATE_REQUIRE_E2E=1 (CI, `make test-e2e`), where they fail instead. The images are not built here
@@ -145,7 +147,23 @@ def image_exists(image: str) -> bool:
     )
 
 
-@pytest.fixture(scope="module")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The compose stack is shared by the modules that use it (one `up`, minutes): the test that takes it
+    down runs right after the last other test that uses it, and before anything else (the swarm tests)."""
+    down = [item for item in items if item.name == "test_down_removes_everything"]
+    rest = [item for item in items if item not in down]
+    # This directory's `stack` only (tests/conftest.py has a `stack` of its own, the local processes).
+    here = Path(__file__).parent
+    users = [
+        n
+        for n, item in enumerate(rest)
+        if item.path.is_relative_to(here) and "stack" in getattr(item, "fixturenames", ())
+    ]
+    at = users[-1] + 1 if users else len(rest)
+    items[:] = rest[:at] + down + rest[at:]
+
+
+@pytest.fixture(scope="session")
 def stack() -> Iterator[ComposeStack]:
     if shutil.which("docker") is None:
         unavailable("docker is not installed (scripts/docker/setup_docker.sh installs it)")
@@ -160,6 +178,10 @@ def stack() -> Iterator[ComposeStack]:
     project = f"mge2e{uuid.uuid4().hex[:8]}"
     port = free_port()
     env.update(GATEWAY_PORT=str(port), GATEWAY_HOST_IP="127.0.0.1", COMPOSE_PROJECT_NAME=project)
+    # COMPOSE_PROFILES rather than `--profile` on `up`: every compose command (ps, stop, down) sees it.
+    env.update(COMPOSE_PROFILES="observability", PROMETHEUS_HOST_IP="127.0.0.1")
+    env.update(PROMETHEUS_PORT=str(free_port()), PROMETHEUS_SCRAPE_INTERVAL="1s")
+    env.update(PROMETHEUS_EVALUATION_INTERVAL="1s", PROMETHEUS_SD_REFRESH_INTERVAL="1s")
     # compose.yaml's Redis refuses to start without a password; this stack (and its volume) is its own.
     env["REDIS_PASSWORD"] = secrets.token_hex(24)
     # Shorter stops (the tests stop and restart containers; nothing long is in flight), keeping Docker's
@@ -193,7 +215,7 @@ def stack() -> Iterator[ComposeStack]:
         shutil.rmtree(stack.repository, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def api_key(stack: ComposeStack) -> str:
     """A key made the documented way: `docker compose exec gateway python -m gateway.keys create`."""
     created = stack.run(
@@ -206,7 +228,7 @@ def api_key(stack: ComposeStack) -> str:
     return keys[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client(stack: ComposeStack, api_key: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.base_url, headers={"X-API-Key": api_key}, timeout=30) as http:
         yield http
