@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: help venv models model-versions run test test-unit test-integration test-e2e check lint typecheck key revoke-key list-keys clean
 
 help: ## Show the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): $(REQS)
 	@echo "==> Creating $(VENV) and installing dependencies"
