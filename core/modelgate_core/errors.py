@@ -209,7 +209,24 @@ def error_response_for(exc: Exception, path: str) -> Response:
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, StarletteHTTPException) and exc.status_code == 405:
+        # Starlette names only the methods of the first route that matched the path; a path served by
+        # several routes (GET and PUT of one resource) must list them all.
+        exc = StarletteHTTPException(405, exc.detail, headers={"allow": _allowed_methods(request)})
     return error_response_for(exc, request.scope["path"])
+
+
+def _allowed_methods(request: Request) -> str:
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        # FastAPI keeps an included router as one route; it lists the routes inside, with their full path.
+        inner = getattr(route, "effective_route_contexts", None)
+        for candidate in inner() if inner is not None else [route]:
+            regex = getattr(candidate, "path_regex", None)
+            if regex is not None and regex.match(path):
+                methods |= getattr(candidate, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 def install_error_handlers(app: FastAPI) -> None:

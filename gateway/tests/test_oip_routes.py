@@ -454,3 +454,10 @@ def test_traffic_calls_need_admin(client: TestClient, tabular_key: str, services
     )
     assert services.sent("/v2/repository/models/iris/traffic") == []
     assert services.sent("/v2/repository/models/iris/traffic/promote") == []
+
+
+def test_a_405_lists_every_method_of_the_path(client: TestClient, all_key: str) -> None:
+    """GET and PUT of .../traffic are two routes: the Allow header names both, not the first one's."""
+    response = client.request("DELETE", "/v2/repository/models/iris/traffic", headers={"X-API-Key": all_key})
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, PUT"

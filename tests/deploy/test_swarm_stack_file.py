@@ -91,7 +91,8 @@ def test_only_compose_only_keys_are_dropped() -> None:
         for key in set(original) - {"build", "depends_on", "volumes", "ports"}:
             assert service[key] == original[key], (name, key)
     assert set(swarm["networks"]) == {"backend", "keystore", "edge"}
-    assert set(swarm["volumes"]) == {"redis-data"}
+    # Redis's keys and each model service's traffic (admin calls); not the optional profiles' volumes.
+    assert set(swarm["volumes"]) == {"redis-data", "tabular-traffic", "vision-traffic", "nlp-traffic"}
 
 
 def test_tmp_is_a_tmpfs_mount_swarm_applies() -> None:

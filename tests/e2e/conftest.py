@@ -148,19 +148,21 @@ def image_exists(image: str) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The compose stack is shared by the modules that use it (one `up`, minutes): the test that takes it
-    down runs right after the last other test that uses it, and before anything else (the swarm tests)."""
-    down = [item for item in items if item.name == "test_down_removes_everything"]
-    rest = [item for item in items if item not in down]
+    """The compose stack is shared by the modules that use it (one `up`, minutes): in this directory,
+    every test that uses it runs first, then the test that takes it down, then the others (the swarm
+    tests: a swarm beside a running compose stack confuses Docker's DNS for the stack's containers).
+    Tests elsewhere keep their places."""
     # This directory's `stack` only (tests/conftest.py has a `stack` of its own, the local processes).
     here = Path(__file__).parent
-    users = [
-        n
-        for n, item in enumerate(rest)
-        if item.path.is_relative_to(here) and "stack" in getattr(item, "fixturenames", ())
-    ]
-    at = users[-1] + 1 if users else len(rest)
-    items[:] = rest[:at] + down + rest[at:]
+    down = [item for item in items if item.name == "test_down_removes_everything"]
+    ours = [item for item in items if item.path.is_relative_to(here) and item not in down]
+    users = [item for item in ours if "stack" in getattr(item, "fixturenames", ())]
+    block = users + down + [item for item in ours if item not in users]
+    if not block:
+        return
+    first = next(n for n, item in enumerate(items) if item in block)
+    rest = [item for item in items if item not in block]
+    items[:] = rest[:first] + block + rest[first:]
 
 
 @pytest.fixture(scope="session")
