@@ -156,9 +156,11 @@ class LocalStack:
     def create_key(self, name: str, scopes: str = "*") -> str:
         """Make a key with the real command line (`python -m gateway.keys create`), in the key store the
         gateway of this stack reads."""
+        # Not a worker: its metrics must not land among the gateway's (nor need that folder to exist).
+        env = {k: v for k, v in self.env_for("gateway").items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         result = subprocess.run(
             [sys.executable, "-m", "gateway.keys", "create", "--name", name, "--scopes", scopes],
-            env=self.env_for("gateway"),
+            env=env,
             capture_output=True,
             text=True,
             check=True,
