@@ -38,16 +38,19 @@ class Traced:
         self.receiver = receiver
         self.client = client
 
-    def log_lines(self, name: str, trace_id: str, timeout: float = 10) -> list[dict[str, object]]:
-        """`name`'s access-log lines of trace `trace_id`, once there is one (lines are written in
-        batches, every 0.2 s)."""
+    def log_lines(
+        self, name: str, trace_id: str, path: str | None = None, timeout: float = 10
+    ) -> list[dict[str, object]]:
+        """`name`'s access-log lines of trace `trace_id` (of `path`, when given), once there is one (lines
+        are written in batches, every 0.2 s; a trace may also hold other requests, such as index reads)."""
         deadline = time.monotonic() + timeout
         while True:
             lines = []
             for raw in (self.stack.run_dir / f"{name}.log").read_text().splitlines():
                 if raw.startswith("{"):
                     line = json.loads(raw)
-                    if line.get("logger") == "modelgate.access" and line.get("trace_id") == trace_id:
+                    ours = line.get("logger") == "modelgate.access" and line.get("trace_id") == trace_id
+                    if ours and (path is None or line.get("path") == path):
                         lines.append(line)
             if lines:
                 return lines
@@ -145,12 +148,10 @@ def test_an_oip_call_is_one_trace_under_the_clients_span(traced: Traced) -> None
     assert one(spans, "tabular-service", "model.predict").attributes["modelgate.batch.size"] == 1
 
     # A log line leads to its trace: the access-log lines of both processes carry its ID.
-    (gateway_line,) = traced.log_lines("gateway", CLIENT_TRACE)
+    (gateway_line,) = traced.log_lines("gateway", CLIENT_TRACE, "/v2/models/iris/infer")
     assert gateway_line["path"] == "/v2/models/iris/infer" and gateway_line["status"] == 200
     assert gateway_line["request_id"] == response.headers["x-request-id"]
-    (service_line,) = [
-        line for line in traced.log_lines("tabular", CLIENT_TRACE) if line["path"] == "/v2/models/iris/infer"
-    ]
+    (service_line,) = traced.log_lines("tabular", CLIENT_TRACE, "/v2/models/iris/infer")
     assert service_line["request_id"] == response.headers["x-request-id"]
 
 
