@@ -4,13 +4,12 @@ container restarts (it lives on the service's own volume, written by the image's
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 from model_repository import publish_second_versions
+from polling import wait_for
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import ComposeStack
@@ -18,13 +17,6 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[2]
 
 FLOWER = {"sepal_length": 5.9, "sepal_width": 3.0, "petal_length": 5.1, "petal_width": 1.8}
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def answering_versions(client: httpx.Client, times: int = 20) -> set[str]:
@@ -55,7 +47,7 @@ def test_a_canary_set_through_the_gateway_survives_a_restart(
         answer = httpx.get(f"{stack.base_url}/v2/models/iris", headers=admin, timeout=10)
         return list(answer.json().get("versions", [])) if answer.status_code == 200 else []
 
-    wait_for(lambda: ready_versions() == ["1", "2"], "iris version 2 served beside version 1")
+    wait_for(lambda: ready_versions() == ["1", "2"], "iris version 2 served beside version 1", 90, 0.5)
     assert answering_versions(client) == {"1"}  # model.json keeps 1 the default
 
     canary = {"default_version": "1", "canary": {"version": "2", "percent": 100}}
@@ -67,7 +59,11 @@ def test_a_canary_set_through_the_gateway_survives_a_restart(
     try:
         stack.run("restart", "tabular-service", timeout=180)
         stack.wait_healthy("tabular-service")
-        wait_for(lambda: client.post("/v1/tabular/iris", json=FLOWER).status_code == 200, "tabular back")
+
+        def tabular_back() -> bool:
+            return client.post("/v1/tabular/iris", json=FLOWER).status_code == 200
+
+        wait_for(tabular_back, "tabular back through the gateway", 90, 0.5)
         assert answering_versions(client) == {"2"}
         kept = httpx.get(traffic_url, headers=admin, timeout=10).json()
         assert kept["source"] == "admin" and kept["configured"] == canary, kept

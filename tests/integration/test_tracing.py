@@ -6,18 +6,15 @@ under the right parents, and a 503 from a stopped service an error span."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from otlp_receiver import OtlpReceiver, ReceivedSpan
 
 from devstack import LocalStack, copy_repository, running_stack  # type: ignore[import-not-found]
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from otlp_receiver import OtlpReceiver, ReceivedSpan
 
 pytestmark = pytest.mark.integration
 

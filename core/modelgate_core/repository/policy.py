@@ -196,10 +196,3 @@ class TrafficOverrides:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-    def stamp(self, name: str) -> int | None:
-        """A cheap change marker (one stat): the override file's mtime, None when there is none."""
-        try:
-            return (self.directory / f"{name}.json").stat().st_mtime_ns
-        except OSError:
-            return None

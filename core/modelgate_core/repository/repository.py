@@ -102,7 +102,6 @@ class _Policy:
     """A model's policy as this worker applies it: model.json with any admin override of its traffic."""
 
     policy: ModelPolicy
-    file_digest: str = ""
     source: str = "defaults"  # defaults | model.json | admin
     error: str = ""  # why the current model.json is not used (the last good policy still is)
 
@@ -300,13 +299,13 @@ class ModelRepository:
                 kept = previous.policy if previous is not None else ModelPolicy()
                 if previous is None or previous.error != error:
                     logger.warning("model.json not used", extra={"model": name, "reason": error})
-                policies[name] = _Policy(kept, digest, previous.source if previous else "defaults", error)
+                policies[name] = _Policy(kept, previous.source if previous else "defaults", error)
                 continue
             override = self.overrides.read(name, digest)
             if override is not None:
-                policies[name] = _Policy(policy.with_traffic(override), digest, "admin")
+                policies[name] = _Policy(policy.with_traffic(override), "admin")
             else:
-                policies[name] = _Policy(policy, digest, "model.json" if digest else "defaults")
+                policies[name] = _Policy(policy, "model.json" if digest else "defaults")
         self.policies = policies
 
     def _served_by_policy(self, present: dict[tuple[str, str], _Found]) -> dict[tuple[str, str], _Found]:
@@ -332,14 +331,12 @@ class ModelRepository:
         ready version answers meanwhile, so changing the traffic never turns requests into 503s."""
         routes: dict[str, ModelRoutes] = {}
         mirrors: dict[str, Mirror] = {}
-        for name in {n for n, _ in self.versions}:
-            ready = {
-                v.version: v.served
-                for (n, _), v in sorted(self.versions.items(), key=lambda item: int(item[0][1]))
-                if n == name and v.served is not None
-            }
-            if not ready:
-                continue
+        # Each model's ready versions, lowest first.
+        ready_by_model: dict[str, dict[str, ServedVersion]] = {}
+        for (name, version), entry in sorted(self.versions.items(), key=lambda item: int(item[0][1])):
+            if entry.served is not None:
+                ready_by_model.setdefault(name, {})[version] = entry.served
+        for name, ready in ready_by_model.items():
             traffic = self._policy(name).policy
             canary = traffic.canary if traffic.canary and traffic.canary.version in ready else None
             shadow = traffic.shadow if traffic.shadow and traffic.shadow.version in ready else None
@@ -424,9 +421,9 @@ class ModelRepository:
         if current.canary is None:
             raise Conflict(f"Model '{name}' has no canary to promote")
         promoted = current.canary.version
-        return await self.set_traffic(
-            name, Traffic(default_version=promoted, shadow=_unless(current, promoted))
-        )
+        # A shadow of the version becoming the default would shadow itself: it goes.
+        shadow = current.shadow if current.shadow is not None and current.shadow.version != promoted else None
+        return await self.set_traffic(name, Traffic(default_version=promoted, shadow=shadow))
 
     async def rollback(self, name: str) -> dict[str, Any]:
         """Remove the canary: the default answers every unversioned request again."""
@@ -647,11 +644,6 @@ def _signature(folder: Path) -> Signature:
 
 def _version_key(v: _Version) -> int:
     return int(v.version)
-
-
-def _unless(traffic: Traffic, version: str) -> Any:
-    """The traffic's shadow, unless it is `version` (which is becoming the default)."""
-    return traffic.shadow if traffic.shadow is not None and traffic.shadow.version != version else None
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)

@@ -211,7 +211,9 @@ class ServedVersion:
             self._outcomes["error"].inc()
             raise
         self._outcomes["ok"].inc()
-        self._latency.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._latency.observe(elapsed)
+        record_timing("model", elapsed * 1000)
         return outputs
 
     async def _infer(self, inputs: Tensors, parameters: dict[str, Any] | None) -> Tensors:
@@ -227,7 +229,6 @@ class ServedVersion:
                 headers=_RETRY_AFTER,
             )
         self.waiting += 1
-        started = time.perf_counter()
         light = self.runtime.light_steps
         try:
             async with self.in_use():
@@ -264,7 +265,6 @@ class ServedVersion:
                         outputs = await anyio.to_thread.run_sync(self._postprocess, raw, params)
         finally:
             self._leave_queue(part)
-        record_timing("model", (time.perf_counter() - started) * 1000)
         return outputs
 
     def _leave_queue(self, part: _Part) -> None:

@@ -140,7 +140,7 @@ class Mirror:
         task.add_done_callback(self._tasks.discard)
 
     async def drained(self) -> None:
-        """Wait for the copies under way (tests, unloading)."""
+        """Wait for the copies under way (the tests; an unload waits for the shadow version itself)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
