@@ -5,10 +5,11 @@ The encoder is sentence-transformers/all-MiniLM-L6-v2 as shipped by the `gt-all-
 a plain torch loop. Positive/negative tweets only (neutral rows dropped), de-duplicated, with a
 stratified held-out test split.
 
-Made to build in minutes on two cores (a first `make run`): the embeddings and the lower half of the
-encoder stay frozen (no backward pass through them), batches are made of tweets of similar length (so
-little padding is computed), and a stratified subset of the training split is used; each was measured
-against held-out accuracy (the figures are in the closing note of the change that set them).
+Made to build in about three minutes on two cores (a first `make run`): the embeddings and the lower
+four of the six encoder layers stay frozen (no backward pass through them), batches are made of tweets
+of similar length (so little padding is computed), and a stratified subset of the training split is
+used; each was measured against held-out accuracy (the figures are in the closing notes of the changes
+that set them).
 """
 
 from __future__ import annotations
@@ -46,13 +47,16 @@ EPOCHS = 1
 LR = 1.5e-4
 WARMUP = 0.1
 WEIGHT_DECAY = 0.01
-TEST_SIZE = 0.2
-MAX_TRAIN = 10_000
+# A tenth of the tweets (2,280) held out: the accuracy's standard error is about 0.006 there.
+TEST_SIZE = 0.1
+MAX_TRAIN = 9_000
 # Encoder layers (of 6) kept frozen, with the embeddings, below the ones fine-tuned.
-FROZEN_LAYERS = 3
+FROZEN_LAYERS = 4
 # Tweets are grouped by length within windows of this many batches, and the batches shuffled.
 BUCKET_BATCHES = 50
 MIN_ACCURACY = 0.88
+# Held-out tweets per forward pass: on two cores 32 ran about a third faster than 128.
+EVAL_BATCH = 32
 
 
 def _package_dir(name: str) -> Path:
@@ -185,9 +189,9 @@ def build(out_dir: Path, progress: Callable[[str], None]) -> Manifest:
     predicted = [0] * len(test_texts)
     with torch.inference_mode():
         for start in tqdm(
-            range(0, len(test_texts), 128), desc=f"[{NAME}] evaluating", unit="batch", mininterval=2
+            range(0, len(test_texts), EVAL_BATCH), desc=f"[{NAME}] evaluating", unit="batch", mininterval=2
         ):
-            chosen = by_length[start : start + 128]
+            chosen = by_length[start : start + EVAL_BATCH]
             logits = model(**encode([test_texts[i] for i in chosen])).logits
             for i, label in zip(chosen, logits.argmax(-1).tolist(), strict=True):
                 predicted[i] = label

@@ -3,11 +3,13 @@
 A derived build (see scripts/build_models.py): it reads the published `sentiment` artifact and never
 changes it, so the fine-tune's cache stays valid. The classifier is traced with dynamic batch and
 sequence axes, then quantised to int8 (dynamic, per-channel weights). The int8 model ships only if
-its accuracy on the fine-tune's own held-out split stays at least MIN_ACCURACY *and* a text's
-probabilities do not depend on the other texts of its batch (MAX_BATCH_VARIATION, what the API
-promises and adaptive batching needs); else the fp32 one does. Dynamic quantisation scales each
-activation tensor as a whole, batch and padding included, so int8 usually fails the second test.
-Accuracies, distances from torch and batch variations of both go into the manifest.
+a text's probabilities do not depend on the other texts of its batch (MAX_BATCH_VARIATION, what the API
+promises and adaptive batching needs) *and* its accuracy on the fine-tune's own held-out split stays at
+least MIN_ACCURACY; else the fp32 one does. Dynamic quantisation scales each activation tensor as a
+whole, batch and padding included, so int8 usually fails the first test, which is cheap: its accuracy
+is only measured once that passes. The fp32 export's accuracy is measured on the whole split; its
+distance from torch (a check that the trace is right) on a sample of it, since the fine-tune has
+already measured torch's accuracy on all of it.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ MAX_FP32_PROB_DIFF = 1e-4
 MAX_BATCH_VARIATION = 1e-3
 # Held-out texts used for that check: each alone, then in mixed batches of BATCH_CHECK_SIZE.
 BATCH_CHECK_TEXTS = 256
+# Held-out texts run through torch as well, to compare the export with it.
+TORCH_CHECK_TEXTS = 512
 BATCH_CHECK_SIZE = 32
 # The tokenizer and config travel with the model; the torch weights stay in the parent.
 COPIED = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -145,7 +149,6 @@ def build(out_dir: Path, progress: Callable[[str], None], parent_dir: Path, pare
     quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8, per_channel=True)
 
     texts, labels = _held_out_split()
-    progress(f"evaluating torch, ONNX fp32 and ONNX int8 on the {len(texts):,} held-out tweets ...")
     threads = torch.get_num_threads()
 
     def torch_logits(encoded: dict[str, Any]) -> Any:
@@ -156,38 +159,51 @@ def build(out_dir: Path, progress: Callable[[str], None], parent_dir: Path, pare
         session = create_session(path, threads)
         return lambda encoded: session.run([OUTPUT_NAME], {n: encoded[n] for n in names})[0]
 
-    reference = _probabilities(torch_logits, tokenizer, texts, max_length)
-    results: dict[str, dict[str, float]] = {}
-    for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
-        probs = _probabilities(onnx_logits(path), tokenizer, texts, max_length)
-        predicted = probs.argmax(-1)
+    def batch_variation(logits_of: Callable[[dict[str, Any]], Any]) -> float:
         sample = texts[:BATCH_CHECK_TEXTS]  # already shuffled by the split
-        alone = _probabilities(onnx_logits(path), tokenizer, sample, max_length, batch_size=1)
-        mixed = _probabilities(onnx_logits(path), tokenizer, sample, max_length, BATCH_CHECK_SIZE, False)
-        results[precision] = {
+        alone = _probabilities(logits_of, tokenizer, sample, max_length, batch_size=1)
+        mixed = _probabilities(logits_of, tokenizer, sample, max_length, BATCH_CHECK_SIZE, False)
+        return float(np.abs(alone - mixed).max())
+
+    def evaluate(logits_of: Callable[[dict[str, Any]], Any], reference: Any) -> dict[str, float]:
+        probs = _probabilities(logits_of, tokenizer, texts, max_length)
+        predicted = probs.argmax(-1)
+        checked = probs[: len(reference)]
+        return {
             "accuracy": float(accuracy_score(labels, predicted)),
             "macro_f1": float(f1_score(labels, predicted, average="macro")),
-            "max_abs_diff_probs": float(np.abs(probs - reference).max()),
-            "label_agreement": float(np.mean(predicted == reference.argmax(-1))),
-            "batch_variation": float(np.abs(alone - mixed).max()),
+            "max_abs_diff_probs": float(np.abs(checked - reference).max()),
+            "label_agreement": float(np.mean(checked.argmax(-1) == reference.argmax(-1))),
         }
-        progress(f"ONNX {precision}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[precision].items()))
+
+    progress(f"torch on {TORCH_CHECK_TEXTS} held-out tweets, the reference for the exports ...")
+    reference = _probabilities(torch_logits, tokenizer, texts[:TORCH_CHECK_TEXTS], max_length)
+    fp32_logits = onnx_logits(fp32_path)
+    results: dict[str, dict[str, float]] = {"fp32": {"batch_variation": batch_variation(fp32_logits)}}
+    progress(f"ONNX fp32 on the {len(texts):,} held-out tweets ...")
+    results["fp32"].update(evaluate(fp32_logits, reference))
+    progress("ONNX fp32: " + ", ".join(f"{k} {v:.4g}" for k, v in results["fp32"].items()))
     if results["fp32"]["max_abs_diff_probs"] > MAX_FP32_PROB_DIFF:
         raise RuntimeError(
             f"ONNX fp32 export differs from torch: {results['fp32']['max_abs_diff_probs']:.2e}"
         )
-
     if results["fp32"]["batch_variation"] > MAX_BATCH_VARIATION:
         raise RuntimeError(f"ONNX fp32 export depends on the batch: {results['fp32']['batch_variation']:.2e}")
-    int8 = results["int8"]
+
+    int8_logits = onnx_logits(int8_path)
+    int8 = results["int8"] = {"batch_variation": batch_variation(int8_logits)}
+    if int8["batch_variation"] <= MAX_BATCH_VARIATION:
+        progress(f"ONNX int8 is batch-invariant; on the {len(texts):,} held-out tweets ...")
+        int8.update(evaluate(int8_logits, reference))
     precision = (
         "int8"
-        if int8["accuracy"] >= MIN_ACCURACY and int8["batch_variation"] <= MAX_BATCH_VARIATION
+        if int8["batch_variation"] <= MAX_BATCH_VARIATION and int8["accuracy"] >= MIN_ACCURACY
         else "fp32"
     )
+    accuracy = f"{int8['accuracy']:.4f}" if "accuracy" in int8 else "not measured"
     progress(
-        f"shipping {precision}: int8 accuracy {int8['accuracy']:.4f} (needs {MIN_ACCURACY}), "
-        f"batch variation {int8['batch_variation']:.2e} (needs {MAX_BATCH_VARIATION:.0e})"
+        f"shipping {precision}: int8 batch variation {int8['batch_variation']:.2e} "
+        f"(needs {MAX_BATCH_VARIATION:.0e}), accuracy {accuracy} (needs {MIN_ACCURACY})"
     )
     (int8_path if precision == "int8" else fp32_path).rename(out_dir / ONNX_FILE)
     fp32_path.unlink(missing_ok=True)
@@ -208,18 +224,12 @@ def build(out_dir: Path, progress: Callable[[str], None], parent_dir: Path, pare
         ),
         data_source=f"{parent.name} {parent.version} exported to ONNX; {parent.data_source}",
         metrics={
-            "accuracy": chosen["accuracy"],
-            "macro_f1": chosen["macro_f1"],
-            "max_abs_diff_probs": chosen["max_abs_diff_probs"],
-            "label_agreement": chosen["label_agreement"],
+            **{k: chosen[k] for k in ("accuracy", "macro_f1", "max_abs_diff_probs", "label_agreement")},
             "torch_accuracy": parent.metrics["accuracy"],
-            "accuracy_fp32": results["fp32"]["accuracy"],
-            "accuracy_int8": results["int8"]["accuracy"],
-            "max_abs_diff_probs_fp32": results["fp32"]["max_abs_diff_probs"],
-            "max_abs_diff_probs_int8": results["int8"]["max_abs_diff_probs"],
+            "torch_checked": float(len(reference)),
             "batch_variation": chosen["batch_variation"],
-            "batch_variation_fp32": results["fp32"]["batch_variation"],
-            "batch_variation_int8": results["int8"]["batch_variation"],
+            # The other precision's figures, as far as they were measured.
+            **{f"{k}_{p}": v for p, measured in results.items() for k, v in measured.items()},
             "n_test": float(len(texts)),
             "majority_baseline": parent.metrics.get("majority_baseline", 0.0),
         },
