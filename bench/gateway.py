@@ -83,6 +83,8 @@ TRACING_GATEWAY = "aiohttp-tracing"
 DEFAULT_BASELINE = "34b0545"  # the commit before the gateway's performance work (#11)
 BASELINE_DIR = REPO / "build" / "bench-baseline"
 IRIS_ROUTES = ("iris", "iris-v2-json", "iris-v2-binary")
+# scripts/peers/bare_proxy.py on the iris routes: what the server and the HTTP client cost before any feature.
+FLOOR = "floor: Uvicorn + aiohttp, no features"
 ROUTE_ORDER = (*IRIS_ROUTES, "fraud", "sentiment", "classify")
 GATEWAY_CPU_GOAL_MS = 0.30  # gateway CPU per proxied request, 32 connections
 ADDED_P50_GOAL_MS = 0.5  # p50 added by the gateway, 1 connection
@@ -309,6 +311,32 @@ def baseline_gateway(
         process.stop()
 
 
+@contextmanager
+def floor_proxy(
+    services: LocalStack, run_dir: Path, report: Report, enabled: bool
+) -> Iterator[PeerProcess | None]:
+    """scripts/peers/bare_proxy.py in front of the tabular service, on the same loop and parser as the
+    gateway's workers (uvloop, httptools), one process."""
+    if not enabled:
+        yield None
+        return
+    port = free_port()
+    argv = [
+        *(sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS), "bare_proxy:app"),
+        *("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+    env = {**os.environ, "UPSTREAM": services.url("tabular")}
+    started = time.monotonic()
+    process = start_process(FLOOR, argv, port, run_dir / "floor-proxy.log", env)
+    try:
+        wait_http_ok(process.url + "/health/ready", 60, lambda: process.proc.poll() is None)
+        report.cold_start_s[FLOOR] = round(time.monotonic() - started, 2)
+        yield process
+    finally:
+        process.stop()
+
+
 # ----------------------------------------------------------------------------------------------------
 # The run
 
@@ -474,6 +502,7 @@ def route_targets(
     route: Route,
     deployment: Deployment,
     baseline: Baseline | None,
+    floor: PeerProcess | None,
     peers: Sequence[PeerProcess],
     svc_pids: dict[str, Callable[[], list[int]]],
 ) -> list[Target]:
@@ -495,6 +524,8 @@ def route_targets(
     if baseline is not None and route.name in IRIS_ROUTES:
         process = baseline.process
         targets.append(Target(baseline.name, "baseline", process.url, baseline.key, pids=process.pids))
+    if floor is not None and route.name in IRIS_ROUTES:
+        targets.append(Target(FLOOR, "gateway", floor.url, pids=floor.pids))
     if route.name == "sentiment" and deployment.torch_nlp:
         alt = deployment.torch_nlp
         targets.insert(
@@ -627,6 +658,7 @@ def run(args: argparse.Namespace) -> Path:
                 OtlpSink() if args.tracing else contextlib.nullcontext() as sink,
                 modelgate(run_dir, report, not args.no_peers, sink.endpoint if sink else None) as deployment,
                 baseline_gateway(args.baseline, deployment.services, run_dir, report) as baseline,
+                floor_proxy(deployment.services, run_dir, report, not args.no_floor) as floor,
             ):
                 services, gateways, key = deployment.services, deployment.gateways, deployment.key
                 outputs = model_outputs(gateways["aiohttp"].url("gateway"), key)
@@ -639,6 +671,8 @@ def run(args: argparse.Namespace) -> Path:
                     groups["nlp-service, torch"] = pids_of(deployment.torch_nlp, "nlp")
                 if baseline is not None:
                     groups[baseline.name] = baseline.process.pids
+                if floor is not None:
+                    groups[FLOOR] = floor.pids
                 for name, get in groups.items():
                     report.memory_idle[name] = memory_of(get())
                 report.idle_cpu_pct.update(idle_cpu(groups))
@@ -649,7 +683,7 @@ def run(args: argparse.Namespace) -> Path:
                         report.idle_cpu_pct.update(idle_cpu({f"peer: {peer.name}": peer.pids}))
                         peer.pause(True)
                     for route in routes:
-                        targets = route_targets(route, deployment, baseline, peers, svc_pids)
+                        targets = route_targets(route, deployment, baseline, floor, peers, svc_pids)
                         bench_route(wrk, route, targets, svc_pids, args, report)
                         for peer in peers:
                             report.memory_loaded[f"peer: {peer.name}"] = memory_of(peer.pids())
@@ -789,6 +823,14 @@ def goal_rows(report: Report) -> list[str]:
             f"{cost.added_p50_ms:+.2f} ms | ≤ {ADDED_P50_GOAL_MS} ms | "
             f"{md.verdict(cost.added_p50_ms <= ADDED_P50_GOAL_MS)} |"
         )
+    for cost in gateway_costs(report):
+        if cost.gateway == FLOOR:
+            rows.append(
+                f"| the floor's CPU per proxied request, {cost.route}, {high} connections (Uvicorn + "
+                f"aiohttp, no features) | aiohttp | {cost.cpu_ms:.3f} ms | what any gateway on this server "
+                f"and client costs at least | {'below' if cost.cpu_ms <= GATEWAY_CPU_GOAL_MS else 'above'} "
+                f"the {GATEWAY_CPU_GOAL_MS:.2f} ms goal |"
+            )
     if direct_high:
         a = direct_high.cpu_ms_per_req.get("tabular", 0.0)
         rows.append("")
@@ -1168,6 +1210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default all; quick: no fraud)",
     )
     parser.add_argument("--no-peers", action="store_true", help="skip the LitServe and FastAPI peers")
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the floor on the iris routes (scripts/peers/bare_proxy.py: Uvicorn + aiohttp only)",
+    )
     parser.add_argument(
         "--tracing",
         action="store_true",
