@@ -11,7 +11,7 @@ BENCH_OIP_ARGS ?=
 # Without HOST the runner starts the local stack, so it needs the models; with HOST only the tools.
 LOADTEST_DEPS := $(if $(HOST),$(STAMP),models)
 
-.PHONY: loadtest loadtest-smoke bench bench-quick bench-oip bench-runtime bench-workers bench-tools
+.PHONY: loadtest loadtest-smoke bench bench-quick bench-oip bench-runtime bench-workers bench-tools first-run
 
 loadtest: $(LOADTEST_DEPS) ## Headless Locust load test (local stack, or HOST=url with MODELGATE_API_KEY); HTML report in results/
 	$(PY) loadtests/run.py --profile full $(if $(HOST),--host $(HOST)) -- $(LOCUST_ARGS)
@@ -37,3 +37,6 @@ bench-runtime: models bench-tools ## torch vs ONNX Runtime, batching on/off, ser
 
 bench-workers: models bench-tools ## Gunicorn workers x threads per service, memory, cold start (~13 min); docs/workers.md
 	$(PY) -m bench.workers $(BENCH_ARGS)
+
+first-run: $(STAMP) ## Time a first `make run` from a fresh clone with empty caches, step by step (~6 min); docs/first-run.md
+	$(PY) -m bench.first_run $(BENCH_ARGS)

@@ -93,3 +93,25 @@ def test_only_a_full_run_publishes_to_docs(tmp_path: Path, monkeypatch: pytest.M
     assert report.publish(out, "x.md", ["img/plot.png"], full_run=True) is True
     assert (docs / "x.md").read_text() == "# figures"
     assert (docs / "img" / "plot.png").read_bytes() == b"png"
+
+
+def test_the_first_runs_steps_are_read_off_make_runs_own_lines() -> None:
+    from bench.first_run import steps_from
+
+    lines = [
+        (0.0, "==> [venv] Creating .venv and installing the pinned dependencies with uv (about 40 s ...)"),
+        (3.0, "Resolved 180 packages in 2.1s"),
+        (41.0, "==> [models 1/3] iris: not in the cache, building it (about 2 s on 2 cores; cache key 6b72)"),
+        (43.5, "==> [models 2/3] fraud: not in the cache, building it (about 50 s on 2 cores; key 6b1)"),
+        (90.0, "[fraud]    46.4s  fitting on the training days ..."),
+        (95.0, "==> [models 3/3] sentiment-onnx: not in the cache, building it (about 50 s on 2 cores)"),
+        (150.0, "model repository /tmp/x/models: iris, fraud, sentiment"),
+        (151.0, "Starting ModelGate: gateway on :9100, services on :9101-9103"),
+    ]
+    assert steps_from(lines, ready_at=156.0) == [
+        ("venv", 41.0),
+        ("model iris", 2.5),
+        ("model fraud", 51.5),
+        ("model sentiment-onnx", 55.0),
+        ("model repository and the four processes starting", 6.0),
+    ]
