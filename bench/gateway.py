@@ -8,9 +8,9 @@ model served by LitServe and by a tutorial-style FastAPI app.
     python -m bench.gateway --quick --no-peers --routes iris,iris-v2-json --baseline REV --tracing
 
 Method. Everything runs on this machine: the three services (one worker each), the gateways in front of
-them (UPSTREAM_TRANSPORT=aiohttp and =httpx from this checkout, and `--baseline <rev>`'s own gateway
-code with its own gunicorn.conf.py; auth, JSON access logs, request IDs and rate limiting all on, with a
-limit too generous to refuse anything), the two peer servers, and wrk. The targets of one route are
+them (UPSTREAM_TRANSPORT=httptools, =aiohttp and =httpx from this checkout, and `--baseline <rev>`'s own
+gateway code with its own gunicorn.conf.py; auth, JSON access logs, request IDs and rate limiting all
+on, with a limit too generous to refuse anything), the two peer servers, and wrk. The targets of one route are
 measured back to back at each concurrency, in an order that alternates, so slow drift of a shared
 machine hits them alike: read the ratios, not the absolute figures.
 
@@ -77,14 +77,20 @@ from bench.harness import (
 from bench.tools import litserve_version, require_wrk
 from devstack import SERVICES, LocalStack, free_port
 
-TRANSPORTS = ("aiohttp", "httpx")
-# `--tracing`: one more gateway (aiohttp) with OpenTelemetry on, exporting every request's spans.
-TRACING_GATEWAY = "aiohttp-tracing"
+TRANSPORTS = ("httptools", "aiohttp", "httpx")
+DEFAULT_TRANSPORT = "httptools"  # the gateway's default UPSTREAM_TRANSPORT
+NOW = f"gateway ({DEFAULT_TRANSPORT})"
+# `--tracing`: one more gateway (the default transport) with OpenTelemetry on, exporting every span.
+TRACING_GATEWAY = f"{DEFAULT_TRANSPORT}-tracing"
 DEFAULT_BASELINE = "34b0545"  # the commit before the gateway's performance work (#11)
 BASELINE_DIR = REPO / "build" / "bench-baseline"
 IRIS_ROUTES = ("iris", "iris-v2-json", "iris-v2-binary")
-# scripts/peers/bare_proxy.py on the iris routes: what the server and the HTTP client cost before any feature.
-FLOOR = "floor: Uvicorn + aiohttp, no features"
+# scripts/peers/bare_proxy.py on the iris routes: what the server and the HTTP client cost before any feature,
+# with the gateway's own client and with aiohttp's (BARE_PROXY_CLIENT).
+FLOORS = {
+    "httptools": "floor: Uvicorn + gateway.http1, no features",
+    "aiohttp": "floor: Uvicorn + aiohttp, no features",
+}
 ROUTE_ORDER = (*IRIS_ROUTES, "fraud", "sentiment", "classify")
 GATEWAY_CPU_GOAL_MS = 0.30  # gateway CPU per proxied request, 32 connections
 ADDED_P50_GOAL_MS = 0.5  # p50 added by the gateway, 1 connection
@@ -312,29 +318,29 @@ def baseline_gateway(
 
 
 @contextmanager
-def floor_proxy(
+def floor_proxies(
     services: LocalStack, run_dir: Path, report: Report, enabled: bool
-) -> Iterator[PeerProcess | None]:
-    """scripts/peers/bare_proxy.py in front of the tabular service, on the same loop and parser as the
-    gateway's workers (uvloop, httptools), one process."""
-    if not enabled:
-        yield None
-        return
-    port = free_port()
-    argv = [
-        *(sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS), "bare_proxy:app"),
-        *("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"),
-        *("--host", "127.0.0.1", "--port", str(port)),
-    ]
-    env = {**os.environ, "UPSTREAM": services.url("tabular")}
-    started = time.monotonic()
-    process = start_process(FLOOR, argv, port, run_dir / "floor-proxy.log", env)
+) -> Iterator[dict[str, PeerProcess]]:
+    """scripts/peers/bare_proxy.py in front of the tabular service, once per client (FLOORS), on the
+    same loop and parser as the gateway's workers (uvloop, httptools), one process each."""
+    running: dict[str, PeerProcess] = {}
     try:
-        wait_http_ok(process.url + "/health/ready", 60, lambda: process.proc.poll() is None)
-        report.cold_start_s[FLOOR] = round(time.monotonic() - started, 2)
-        yield process
+        for client, name in FLOORS.items() if enabled else ():
+            port = free_port()
+            argv = [
+                *(sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS), "bare_proxy:app"),
+                *("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"),
+                *("--host", "127.0.0.1", "--port", str(port)),
+            ]
+            env = {**os.environ, "UPSTREAM": services.url("tabular"), "BARE_PROXY_CLIENT": client}
+            started = time.monotonic()
+            process = running[name] = start_process(name, argv, port, run_dir / f"floor-{client}.log", env)
+            wait_http_ok(process.url + "/health/ready", 60, lambda p=process: p.proc.poll() is None)  # type: ignore[misc]
+            report.cold_start_s[name] = round(time.monotonic() - started, 2)
+        yield running
     finally:
-        process.stop()
+        for process in running.values():
+            process.stop()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -374,7 +380,7 @@ def modelgate(
 ) -> Iterator[Deployment]:
     """The three services and one gateway per transport, started one at a time (for cold-start
     figures), and an API key; everything is stopped on exit. With `tracing_endpoint`, one more gateway
-    (aiohttp) traces every request and exports to it; the others run with tracing off (the default)."""
+    (the default transport) traces every request and exports to it; the others run with tracing off."""
     ports = {name: free_port() for name in SERVICES}
     keys_file = run_dir / "api_keys.json"
     services = LocalStack(
@@ -425,7 +431,11 @@ def modelgate(
                 ports={**ports, "gateway": free_port()},
                 run_dir=gw_dir,
                 workers=1,
-                extra_env={**GATEWAY_ENV, "UPSTREAM_TRANSPORT": "aiohttp", "API_KEYS_FILE": str(keys_file)}
+                extra_env={
+                    **GATEWAY_ENV,
+                    "UPSTREAM_TRANSPORT": DEFAULT_TRANSPORT,
+                    "API_KEYS_FILE": str(keys_file),
+                }
                 | otel,
             )
             stacks.append(gateway)
@@ -502,7 +512,7 @@ def route_targets(
     route: Route,
     deployment: Deployment,
     baseline: Baseline | None,
-    floor: PeerProcess | None,
+    floors: dict[str, PeerProcess],
     peers: Sequence[PeerProcess],
     svc_pids: dict[str, Callable[[], list[int]]],
 ) -> list[Target]:
@@ -524,8 +534,8 @@ def route_targets(
     if baseline is not None and route.name in IRIS_ROUTES:
         process = baseline.process
         targets.append(Target(baseline.name, "baseline", process.url, baseline.key, pids=process.pids))
-    if floor is not None and route.name in IRIS_ROUTES:
-        targets.append(Target(FLOOR, "gateway", floor.url, pids=floor.pids))
+    if route.name in IRIS_ROUTES:
+        targets += [Target(name, "gateway", floor.url, pids=floor.pids) for name, floor in floors.items()]
     if route.name == "sentiment" and deployment.torch_nlp:
         alt = deployment.torch_nlp
         targets.insert(
@@ -658,10 +668,10 @@ def run(args: argparse.Namespace) -> Path:
                 OtlpSink() if args.tracing else contextlib.nullcontext() as sink,
                 modelgate(run_dir, report, not args.no_peers, sink.endpoint if sink else None) as deployment,
                 baseline_gateway(args.baseline, deployment.services, run_dir, report) as baseline,
-                floor_proxy(deployment.services, run_dir, report, not args.no_floor) as floor,
+                floor_proxies(deployment.services, run_dir, report, not args.no_floor) as floors,
             ):
                 services, gateways, key = deployment.services, deployment.gateways, deployment.key
-                outputs = model_outputs(gateways["aiohttp"].url("gateway"), key)
+                outputs = model_outputs(gateways[DEFAULT_TRANSPORT].url("gateway"), key)
                 by_name = {r.name: r for r in make_routes() + oip_routes(outputs)}
                 routes = [by_name[name] for name in ROUTE_ORDER if name in wanted]
                 svc_pids = {name: pids_of(services, name) for name in ("tabular", "vision", "nlp")}
@@ -671,8 +681,8 @@ def run(args: argparse.Namespace) -> Path:
                     groups["nlp-service, torch"] = pids_of(deployment.torch_nlp, "nlp")
                 if baseline is not None:
                     groups[baseline.name] = baseline.process.pids
-                if floor is not None:
-                    groups[FLOOR] = floor.pids
+                for name, floor in floors.items():
+                    groups[name] = floor.pids
                 for name, get in groups.items():
                     report.memory_idle[name] = memory_of(get())
                 report.idle_cpu_pct.update(idle_cpu(groups))
@@ -683,7 +693,7 @@ def run(args: argparse.Namespace) -> Path:
                         report.idle_cpu_pct.update(idle_cpu({f"peer: {peer.name}": peer.pids}))
                         peer.pause(True)
                     for route in routes:
-                        targets = route_targets(route, deployment, baseline, floor, peers, svc_pids)
+                        targets = route_targets(route, deployment, baseline, floors, peers, svc_pids)
                         bench_route(wrk, route, targets, svc_pids, args, report)
                         for peer in peers:
                             report.memory_loaded[f"peer: {peer.name}"] = memory_of(peer.pids())
@@ -824,12 +834,12 @@ def goal_rows(report: Report) -> list[str]:
             f"{md.verdict(cost.added_p50_ms <= ADDED_P50_GOAL_MS)} |"
         )
     for cost in gateway_costs(report):
-        if cost.gateway == FLOOR:
+        if cost.gateway in FLOORS.values():
+            side = "below" if cost.cpu_ms <= GATEWAY_CPU_GOAL_MS else "above"
             rows.append(
-                f"| the floor's CPU per proxied request, {cost.route}, {high} connections (Uvicorn + "
-                f"aiohttp, no features) | aiohttp | {cost.cpu_ms:.3f} ms | what any gateway on this server "
-                f"and client costs at least | {'below' if cost.cpu_ms <= GATEWAY_CPU_GOAL_MS else 'above'} "
-                f"the {GATEWAY_CPU_GOAL_MS:.2f} ms goal |"
+                f"| {cost.gateway.removeprefix('floor: ')}: the floor's CPU per proxied request, "
+                f"{cost.route}, {high} connections | - | {cost.cpu_ms:.3f} ms | what a gateway on this "
+                f"server and client costs at least | {side} the {GATEWAY_CPU_GOAL_MS:.2f} ms goal |"
             )
     if direct_high:
         a = direct_high.cpu_ms_per_req.get("tabular", 0.0)
@@ -886,7 +896,7 @@ def before_after_rows(report: Report) -> list[str]:
     baseline = next((name for kind, name in gateway_names(report) if kind == "baseline"), None)
     rows = []
     for route in IRIS_ROUTES:
-        before, now = costs.get((route, baseline or "")), costs.get((route, "gateway (aiohttp)"))
+        before, now = costs.get((route, baseline or "")), costs.get((route, NOW))
         if before is None or now is None:
             continue
         rows.append(
@@ -932,9 +942,7 @@ def route_table(report: Report, route: str) -> list[str]:
 def peer_table(report: Report) -> list[str]:
     """Every sentiment server at each concurrency, as ratios to ModelGate's nlp-service."""
     alt = next((p.target for p in report.points if p.kind == "direct-alt"), None)
-    header = (
-        "| conns | server | req/s | p50 ms | p99 ms | errors | / ModelGate direct | / via gateway (aiohttp) |"
-    )
+    header = f"| conns | server | req/s | p50 ms | p99 ms | errors | / ModelGate direct | / via {NOW} |"
     rule = "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     if alt:
         header += " / ModelGate torch direct |"
@@ -942,7 +950,7 @@ def peer_table(report: Report) -> list[str]:
     rows = [header, rule]
     for c in report.concurrencies:
         direct = find(report, "sentiment", "direct", c)
-        gateway = find(report, "sentiment", "gateway", c, "gateway (aiohttp)")
+        gateway = find(report, "sentiment", "gateway", c, NOW)
         torch_direct = find(report, "sentiment", "direct-alt", c) if alt else None
         if direct is None or gateway is None:
             continue
@@ -1012,8 +1020,9 @@ def write_report(report: Report, out_dir: Path) -> None:
         "them, and wrk, share the same CPUs, so at high concurrency the gateway and the service compete "
         "for cores (a real deployment would give the gateway its own).",
         "- Gateway: API-key auth, JSON access log per request (to a file), request IDs, metrics and rate "
-        "limiting all on (limit 1,000,000/s so it never refuses); `UPSTREAM_TRANSPORT=aiohttp` (the "
-        "default) and `=httpx` are two gateways in front of the same three services.",
+        "limiting all on (limit 1,000,000/s so it never refuses); `UPSTREAM_TRANSPORT=httptools` (the "
+        "default: the gateway's own HTTP/1.1 client, gateway/http1.py), `=aiohttp` and `=httpx` are three "
+        "gateways in front of the same three services.",
         "- Every target's answer was checked for the right shape before it was measured; `errors` counts "
         "non-2xx answers, socket errors and timeouts during the point.",
         "- CPU ms/req: CPU time the service (and the gateway: its Gunicorn master and worker) spent per "
@@ -1051,7 +1060,7 @@ def write_report(report: Report, out_dir: Path) -> None:
             f"### Before and after: the gateway at `{report.baseline['rev']}` and now",
             "",
             "Both in front of the same services in the same run, measured back to back (now: "
-            "`UPSTREAM_TRANSPORT=aiohttp`, the default).",
+            f"`UPSTREAM_TRANSPORT={DEFAULT_TRANSPORT}`, the default).",
             "",
             *before_after_rows(report),
             "",
@@ -1213,7 +1222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-floor",
         action="store_true",
-        help="skip the floor on the iris routes (scripts/peers/bare_proxy.py: Uvicorn + aiohttp only)",
+        help="skip the floors on the iris routes (scripts/peers/bare_proxy.py: Uvicorn and a client only)",
     )
     parser.add_argument(
         "--tracing",

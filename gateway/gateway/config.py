@@ -70,8 +70,9 @@ class GatewaySettings(CommonSettings):
     # Connections kept per upstream; enough for the gateway's concurrency, bounded so a slow service
     # cannot take every socket.
     upstream_max_connections: int = Field(default=256, ge=1)
-    # Connection pool under the gateway's httpx requests: "aiohttp" (gateway.transport) or "httpx".
-    upstream_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    # Connection pool under the gateway's httpx requests: "httptools" (gateway.http1, our own HTTP/1.1
+    # client), "aiohttp" or "httpx" (gateway.transport).
+    upstream_transport: Literal["httptools", "aiohttp", "httpx"] = "httptools"
     # An idle pooled connection is closed after this long: below the services' Gunicorn KEEPALIVE (5 s),
     # so the gateway never sends a request on a connection the service is closing (a POST sent there
     # fails and is not retried: it may have reached the service).

@@ -1,5 +1,5 @@
-"""The connection pool under the gateway's httpx requests: an httpx transport over aiohttp's pool
-(the default), or httpx's own.
+"""The connection pool under the gateway's httpx requests: our own HTTP/1.1 client (`gateway.http1`,
+the default), an httpx transport over aiohttp's pool, or httpx's own.
 
 Why our own aiohttp transport rather than httpx-aiohttp: that package maps every
 `aiohttp.ClientConnectionError`, a reset or a disconnect *after the request was sent* included, to
@@ -26,6 +26,8 @@ from typing import Literal
 import aiohttp
 import httpx
 from yarl import URL
+
+from gateway.http1 import Http1Transport
 
 # aiohttp adds these unless told not to; a service has no use for them (and must not compress).
 _SKIPPED_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding")
@@ -110,13 +112,16 @@ def _mapped(exc: aiohttp.ClientError, request: httpx.Request) -> httpx.Transport
 
 
 def make_transport(
-    kind: Literal["aiohttp", "httpx"], max_connections: int, keepalive_seconds: float
+    kind: Literal["httptools", "aiohttp", "httpx"], max_connections: int, keepalive_seconds: float
 ) -> httpx.AsyncBaseTransport:
     """The pooled transport; made once in the lifespan, never per request.
 
-    `aiohttp` is the default: httpx's own pool is the bottleneck under concurrency (encode/httpx#3215);
-    the benchmark report (`make bench`) has the measurement behind the default.
+    `httptools` is the default: aiohttp's client costs more CPU per forward, and httpx's own pool is
+    the bottleneck under concurrency (encode/httpx#3215); the benchmark report (`make bench`) has the
+    measurements behind the default.
     """
+    if kind == "httptools":
+        return Http1Transport(max_connections, keepalive_seconds)
     if kind == "aiohttp":
         return AiohttpTransport(max_connections, keepalive_seconds)
     limits = httpx.Limits(
