@@ -51,7 +51,7 @@ MAX_BATCH_VARIATION = 1e-3
 # Held-out texts used for that check: each alone, then in mixed batches of BATCH_CHECK_SIZE.
 BATCH_CHECK_TEXTS = 256
 # Held-out texts run through torch as well, to compare the export with it.
-TORCH_CHECK_TEXTS = 512
+TORCH_CHECK_TEXTS = 256
 BATCH_CHECK_SIZE = 32
 # The tokenizer and config travel with the model; the torch weights stay in the parent.
 COPIED = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
