@@ -173,11 +173,11 @@ class Http1Transport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout") or {}
         url = request.url
-        key = (url.host, url.port or (443 if url.scheme == "https" else 80))
         if url.scheme != "http":
             raise httpx.UnsupportedProtocol(
                 f"Only http:// is forwarded, not {url.scheme}://", request=request
             )
+        key = (url.host, url.port or 80)
         connection = await self._acquire(key, request, timeouts.get("connect"), timeouts.get("pool"))
         head = self._head(request)
         body = request.content
@@ -219,14 +219,12 @@ class Http1Transport(httpx.AsyncBaseTransport):
         try:
             async with asyncio.timeout(connect):
                 _, connection = await loop.create_connection(_Connection, key[0], key[1])
-        except TimeoutError as exc:
+        except BaseException as exc:
             self._forget_one()
-            raise httpx.ConnectTimeout(f"No connection to {key[0]}:{key[1]}", request=request) from exc
-        except OSError as exc:
-            self._forget_one()
-            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
-        except BaseException:
-            self._forget_one()
+            if isinstance(exc, TimeoutError):  # before OSError, of which it is a subclass
+                raise httpx.ConnectTimeout(f"No connection to {key[0]}:{key[1]}", request=request) from exc
+            if isinstance(exc, OSError):
+                raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
             raise
         return connection
 
@@ -258,9 +256,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if connection.reusable and not connection.closed and not self._closed:
             connection.idle_since = time.monotonic()
             self._idle[key].append(connection)
+            self._notify()
         else:
-            self._discard(connection)
-        self._notify()
+            self._discard(connection)  # which wakes a waiter too
 
     def _discard(self, connection: _Connection) -> None:
         connection.abort()

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
-from types import ModuleType
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
 
-
-def load_build_fraud() -> ModuleType:
-    # The service folder has a hyphen, so the build script is imported by path, as the orchestrator does.
-    spec = importlib.util.spec_from_file_location(
-        "build_fraud_under_test", ROOT / "tabular-service" / "build_fraud.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from build_models import load_build_module  # noqa: E402
 
 
 def test_the_array_lookups_change_no_simulated_value() -> None:
     # Small, but with every fraud scenario (3 and 4 pick customers, so enough of them are needed).
-    build = load_build_fraud()
+    # Imported by path, by the orchestrator's own loader (the service folder has a hyphen).
+    build = load_build_module("fraud", ROOT / "tabular-service" / "build_fraud.py")
     size = {"n_customers": 60, "n_terminals": 300, "n_days": 40}
     fast = build.simulate(**size, fast=True)
     plain = build.simulate(**size, fast=False)

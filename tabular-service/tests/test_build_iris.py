@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -12,19 +11,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "core"))  # until modelgate_core is installed editable
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from build_models import load_build_module  # noqa: E402
 
 from modelgate_core.artifacts import read_manifest, verify_files, write_manifest  # noqa: E402
 
 
 def load_build_iris() -> ModuleType:
-    # The service folder has a hyphen, so the build script is imported by path, as the orchestrator does.
-    spec = importlib.util.spec_from_file_location(
-        "build_iris_under_test", ROOT / "tabular-service" / "build_iris.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    # Imported by path, by the orchestrator's own loader (the service folder has a hyphen).
+    return load_build_module("iris", ROOT / "tabular-service" / "build_iris.py")
 
 
 def test_build_iris(tmp_path: Path) -> None:
