@@ -21,6 +21,7 @@ from wsgiref.simple_server import WSGIServer
 
 from modelgate_core.config import CommonSettings
 from modelgate_core.logging import logging_config
+from modelgate_core.repository.control import Control
 
 bind = os.environ.get("BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
@@ -160,9 +161,11 @@ def metrics_address(bind_address: str) -> str:
 
 def post_fork(server: Any, worker: Any) -> None:
     """A worker closes its copy of the master's metrics socket, so the port is free once the master
-    is gone, even while a worker lingers."""
+    is gone, even while a worker lingers; and it counts among the workers from now on (a load call
+    answered while it is still importing would leave it answering 503 for that model)."""
     for httpd in _metrics_servers:
         httpd.socket.close()
+    Control(Path(os.environ["MODEL_CONTROL_DIR"])).announce()
 
 
 # Left in a metrics directory ModelGate made, so that a later start knows its files are ours to clear.

@@ -1,5 +1,6 @@
 """The Gunicorn start-up hook: a metrics directory of its own for each process group, and never the
-deletion of anything ModelGate did not write there; the exit hook removes what the master made."""
+deletion of anything ModelGate did not write there; the exit hook removes what the master made; a
+worker counts among the repository's workers from its fork."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 import modelgate_core.gunicorn_conf
 from modelgate_core.gunicorn_conf import LIFELINE_ENV, METRICS_MARKER, on_exit, on_starting
+from modelgate_core.repository.control import STARTING, Control
 
 CONFIG = Path(modelgate_core.gunicorn_conf.__file__)
 
@@ -127,6 +129,17 @@ def test_directories_named_by_the_environment_outlive_the_master(tmp_path: Path)
         assert proc.wait(30) == 0
     assert (metrics / METRICS_MARKER).is_file() and control.is_dir()
     assert list(tmp.iterdir()) == []
+
+
+def test_a_forked_worker_is_announced_as_starting(tmp_path: Path) -> None:
+    """The trivial app never loads a repository, so its worker stays as post_fork announced it."""
+    control = tmp_path / "control"
+    with gunicorn(tmp_path, {"MODEL_CONTROL_DIR": str(control)}) as proc:
+        reports = Control(control).workers()
+        assert [report["generation"] for report in reports.values()] == [STARTING]
+        (worker,) = reports
+        parent = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert parent == proc.pid
 
 
 def test_the_master_stops_when_its_launcher_is_gone(tmp_path: Path) -> None:

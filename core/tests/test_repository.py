@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ import pytest
 
 from modelgate_core.artifacts import Manifest, hash_files, write_manifest
 from modelgate_core.errors import BadRequest, NotFound, ServiceUnavailable
+from modelgate_core.repository.control import CONTROL_CHECK_SECONDS, Control
 
 
 def states(repository: Any) -> dict[tuple[str, str | None], tuple[str, str]]:
@@ -206,6 +211,74 @@ async def test_another_worker_follows_a_load_through_the_control_directory(
     await first.load("double")
     await second.reconcile()
     assert (await second.get("double").infer(tensor(1.0)))["y"].tolist() == [2.0]
+
+
+# A worker as Gunicorn's post_fork leaves it: announced as starting. On a line from the test it reports
+# the generation of now, as its first pass over the repository would.
+STARTING_WORKER = """
+import sys
+from pathlib import Path
+from modelgate_core.repository.control import CONTROL_CHECK_SECONDS, Control
+control = Control(Path(sys.argv[1]))
+control.announce()
+print("announced", flush=True)
+sys.stdin.readline()
+control.report(control.read().generation, {})
+print("reported", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def starting_worker(control_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    worker = subprocess.Popen(
+        [sys.executable, "-c", STARTING_WORKER, str(control_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert worker.stdout is not None and worker.stdout.readline() == b"announced\n"
+        yield worker
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+async def test_a_load_waits_for_a_worker_that_is_still_starting(
+    repo_root: Path, control_dir: Path, write_version: Any, make_repository: Any
+) -> None:
+    write_version(repo_root, "double", "1", factor=2)
+    repository = make_repository(repo_root, control_dir)
+    await repository.start()
+    before = Control(control_dir).read().generation
+    with starting_worker(control_dir) as worker:
+        assert worker.stdin is not None and worker.stdout is not None
+        load = asyncio.create_task(repository.load("double"))
+        deadline = asyncio.get_running_loop().time() + 30
+        while Control(control_dir).read().generation == before:  # the call is under way
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        # Without the starting worker the call answers within a control check or two; with it, never.
+        done, _ = await asyncio.wait({load}, timeout=CONTROL_CHECK_SECONDS * 5)
+        assert not done
+        worker.stdin.write(b"go\n")
+        worker.stdin.flush()
+        assert worker.stdout.readline() == b"reported\n"
+        entries = await asyncio.wait_for(load, 30)
+    assert [(e.name, e.version, e.state) for e in entries] == [("double", "1", "READY")]
+
+
+async def test_a_worker_that_never_finishes_starting_fails_the_call_and_a_dead_one_is_forgotten(
+    repo_root: Path, control_dir: Path, write_version: Any, make_repository: Any
+) -> None:
+    write_version(repo_root, "double", "1", factor=2)
+    repository = make_repository(repo_root, control_dir, load_timeout=0.5)
+    await repository.start()
+    with starting_worker(control_dir) as worker, pytest.raises(ServiceUnavailable) as failed:
+        await repository.load("double")
+    assert f"Workers [{worker.pid}] did not follow within" in str(failed.value)
+    entries = await repository.load("double")  # its report goes with it
+    assert [(e.name, e.version, e.state) for e in entries] == [("double", "1", "READY")]
 
 
 async def test_inputs_are_checked_before_the_model_sees_them(

@@ -7,10 +7,11 @@ small directory (`MODEL_CONTROL_DIR`; the Gunicorn config makes one per service 
   back while their folder is still there) and, per name, the generation that asked to load it now.
   Written under an exclusive `flock`, atomically (temp file + rename).
 - `workers/<pid>.json`: each worker's last seen generation and its models' states, rewritten after
-  each reconcile.
+  each reconcile. The Gunicorn config writes the first one right after the fork, as `STARTING`.
 
 The worker that takes a call bumps the generation, reconciles itself, then waits until every live
-worker reports that generation: a `load` answers when the model is ready everywhere (or failed).
+worker reports that generation: a `load` answers when the model is ready everywhere (or failed),
+including in a worker that is still starting (it reports `STARTING` until its first pass is done).
 Workers look at `control.json` every `CONTROL_CHECK_SECONDS`, a stat call, so they follow within a
 fraction of a second; the repository folder itself is scanned every `MODEL_POLL_SECONDS`.
 """
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 CONTROL_CHECK_SECONDS = 0.2
+# The generation a worker reports from its fork until its first pass over the repository: behind
+# every call, so that a call waits for it instead of answering while it cannot serve yet.
+STARTING = -1
 
 
 @dataclass
@@ -103,6 +107,10 @@ class Control:
             self.workers_dir / f"{os.getpid()}.json",
             json.dumps({"generation": generation, "models": models, "at": time.time()}).encode(),
         )
+
+    def announce(self) -> None:
+        """Report this process as a worker that is starting (nothing loaded, behind every call)."""
+        self.report(STARTING, {})
 
     def workers(self) -> dict[int, dict[str, Any]]:
         """The reports of the live workers (a dead worker's report is removed)."""
