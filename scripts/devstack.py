@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from modelgate_core.repository.control import STARTING, Control
+
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = {  # name -> (folder, app module)
     "tabular": ("tabular-service", "tabular_service.app:app"),
@@ -72,6 +74,8 @@ class LocalStack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # name -> the write end of its lifeline pipe (see `start`).
     _lifelines: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    # service name -> the control directory its workers share (see `start`), and how many they are.
+    _controls: dict[str, tuple[Control, int]] = field(default_factory=dict, init=False, repr=False)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -103,13 +107,20 @@ class LocalStack:
         # Its lifeline: the read end of a pipe whose write end only this process holds (not inherited
         # by anything it starts). The Gunicorn master stops when the read sees EOF, so it goes when we
         # go, even when we are SIGKILLed and cannot stop it (see gunicorn_conf.watch_launcher).
+        env = {**self.env_for(name)}
+        if name != "gateway":
+            # A fresh one per start, as Gunicorn would make, but known here: `wait_ready` reads the
+            # workers' reports in it.
+            control = Control(Path(tempfile.mkdtemp(dir=self.run_dir, prefix=f"control-{name}-")))
+            self._controls[name] = (control, int(env["WEB_CONCURRENCY"]))
+            env["MODEL_CONTROL_DIR"] = str(control.directory)
         lifeline, keep = os.pipe()
         try:
             with open(self.run_dir / f"{name}.log", "ab") as log:
                 self.processes[name] = subprocess.Popen(
                     [sys.executable, "-m", "gunicorn", "-c", str(REPO / folder / "gunicorn.conf.py"), app],
                     cwd=REPO,
-                    env={**self.env_for(name), LIFELINE_ENV: str(lifeline)},
+                    env={**env, LIFELINE_ENV: str(lifeline)},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     pass_fds=(lifeline,),
@@ -152,6 +163,9 @@ class LocalStack:
             keep = self._lifelines.pop(name, None)
             if keep is not None:
                 os.close(keep)
+            control, _ = self._controls.pop(name, (None, 0))
+            if control is not None:
+                shutil.rmtree(control.directory, ignore_errors=True)
 
     def create_key(self, name: str, scopes: str = "*") -> str:
         """Make a key with the real command line (`python -m gateway.keys create`), in the key store the
@@ -177,8 +191,10 @@ class LocalStack:
     def wait_ready(
         self, name: str = "gateway", timeout: float = 180, cancelled: Callable[[], bool] | None = None
     ) -> None:
-        """Wait until `name` answers 200 on /health/ready with every component ready, or `cancelled()`
-        is true. (The gateway is ready as soon as one service is; "degraded" names the others.)"""
+        """Wait until `name` answers 200 on /health/ready with every component ready and, for a
+        service, every one of its workers has loaded its models (readiness is one worker's answer), or
+        `cancelled()` is true. (The gateway is ready as soon as one service is; "degraded" names the
+        others.)"""
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
@@ -192,13 +208,29 @@ class LocalStack:
                 with urllib.request.urlopen(self.url(name) + "/health/ready", timeout=2) as resp:
                     last = resp.read().decode(errors="replace")
                     if resp.status == 200 and json.loads(last).get("status") == "ready":
-                        return
+                        starting = self._workers_starting(name)
+                        if starting == 0:
+                            return
+                        last = f"ready, but {starting} of its workers are still starting"
             except urllib.error.HTTPError as exc:
                 last = exc.read().decode(errors="replace")
             except OSError as exc:
                 last = str(exc)
             time.sleep(0.25)
         raise TimeoutError(f"{name} not ready after {timeout:.0f}s: {last}")
+
+    def control(self, name: str) -> Control:
+        """The control directory the workers of service `name` share, since its last start."""
+        return self._controls[name][0]
+
+    def _workers_starting(self, name: str) -> int:
+        """How many of the service's workers have not finished their first pass over the repository
+        (0 for the gateway, which has none)."""
+        if name not in self._controls:
+            return 0
+        control, workers = self._controls[name]
+        done = [r for r in control.workers().values() if r["generation"] != STARTING]
+        return max(0, workers - len(done))
 
 
 # Tells a Gunicorn master which inherited fd is its lifeline (read by modelgate_core.gunicorn_conf).

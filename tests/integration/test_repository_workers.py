@@ -15,6 +15,7 @@ from sklearn.datasets import load_iris
 from sklearn.tree import DecisionTreeClassifier
 
 from devstack import SERVICES, LocalStack, free_port
+from modelgate_core.repository.control import STARTING
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +66,12 @@ def answers(url: str) -> dict[int, int]:
             status = fresh.post(f"{url}/v2/models/tree/infer", json=body).status_code
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+def test_the_service_is_ready_once_every_worker_has_loaded(tabular: tuple[LocalStack, Path]) -> None:
+    stack, _ = tabular
+    reports = stack.control("tabular").workers()
+    assert sorted(report["generation"] for report in reports.values()) == [0] * WORKERS
 
 
 def test_load_and_unload_reach_every_worker(tabular: tuple[LocalStack, Path]) -> None:
