@@ -15,7 +15,6 @@ from sklearn.datasets import load_iris
 from sklearn.tree import DecisionTreeClassifier
 
 from devstack import SERVICES, LocalStack, free_port
-from modelgate_core.repository.control import STARTING
 
 pytestmark = pytest.mark.integration
 
