@@ -35,6 +35,17 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+def answer_once(answer: bytes) -> Behaviour:
+    """A service that reads one request, writes `answer` and closes the connection."""
+
+    async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+
+    return behaviour
+
+
 @asynccontextmanager
 async def service(behaviour: Behaviour) -> AsyncIterator[tuple[int, list[bytes]]]:
     """A TCP server on a free port running `behaviour` per connection; yields the port and the
@@ -103,13 +114,21 @@ async def infer(upstream_client: UpstreamClient, upstream: Upstream) -> None:
     )
 
 
-async def test_a_good_answer_passes(kind: str) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(OK)
-        await writer.drain()
-
-    async with service(answer) as (port, received), client(kind, port) as (upstream_client, upstream):
+@pytest.mark.parametrize(
+    "answer",
+    [
+        OK,
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        b'6\r\n{"ok":\r\n5\r\ntrue}\r\n0\r\n\r\n',
+        b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"ok":true}',
+    ],
+    ids=["content-length", "chunked", "until-close"],
+)
+async def test_a_good_answer_is_read_whole(kind: str, answer: bytes) -> None:
+    async with (
+        service(answer_once(answer)) as (port, received),
+        client(kind, port) as (upstream_client, upstream),
+    ):
         response = await upstream_client.request(upstream, "POST", "/v2/models/iris/infer", content=b"{}")
     assert (response.status_code, response.content) == (200, b'{"ok":true}')
     assert len(received) == 1
@@ -145,11 +164,7 @@ async def test_a_reset_after_the_request_was_sent_is_502_and_not_retried(kind: s
 
 
 async def test_an_answer_that_is_not_http_is_502(kind: str) -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
-        await writer.drain()
-
+    garbage = answer_once(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
     async with service(garbage) as (port, received), client(kind, port) as (upstream_client, upstream):
         with pytest.raises(BadGateway):
             await infer(upstream_client, upstream)
@@ -157,11 +172,9 @@ async def test_an_answer_that_is_not_http_is_502(kind: str) -> None:
 
 
 async def test_a_truncated_body_is_502(kind: str) -> None:
-    async def truncated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"ok"')
-        await writer.drain()
-
+    truncated = answer_once(
+        b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"ok"'
+    )
     async with service(truncated) as (port, received), client(kind, port) as (upstream_client, upstream):
         with pytest.raises(BadGateway, match="closed the connection"):
             await infer(upstream_client, upstream)
@@ -286,26 +299,6 @@ async def test_the_pool_bound_holds_under_concurrent_requests(kind: str) -> None
         release.set()
         await asyncio.gather(*calls)
     assert (len(received), most) == (6, 2)
-
-
-@pytest.mark.parametrize(
-    "answer",
-    [
-        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
-        b'6\r\n{"ok":\r\n5\r\ntrue}\r\n0\r\n\r\n',
-        b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"ok":true}',
-    ],
-    ids=["chunked", "until-close"],
-)
-async def test_an_answer_without_a_length_is_read_whole(kind: str, answer: bytes) -> None:
-    async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(answer)
-        await writer.drain()
-
-    async with service(send) as (port, _), client(kind, port) as (upstream_client, upstream):
-        response = await upstream_client.request(upstream, "POST", "/v2/models/iris/infer", content=b"{}")
-    assert (response.status_code, response.content) == (200, b'{"ok":true}')
 
 
 async def test_a_head_answer_ends_at_its_headers(kind: str) -> None:
