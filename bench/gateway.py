@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from bench import report as md
 from bench.harness import (
@@ -76,9 +76,12 @@ from bench.harness import (
 )
 from bench.tools import litserve_version, require_wrk
 from devstack import SERVICES, LocalStack, free_port
+from gateway.config import GatewaySettings
 
-TRANSPORTS = ("httptools", "aiohttp", "httpx")
-DEFAULT_TRANSPORT = "httptools"  # the gateway's default UPSTREAM_TRANSPORT
+# Every UPSTREAM_TRANSPORT the gateway accepts, and its default, as its settings declare them.
+_TRANSPORT_FIELD = GatewaySettings.model_fields["upstream_transport"]
+TRANSPORTS: tuple[str, ...] = get_args(_TRANSPORT_FIELD.annotation)
+DEFAULT_TRANSPORT: str = _TRANSPORT_FIELD.default
 NOW = f"gateway ({DEFAULT_TRANSPORT})"
 # `--tracing`: one more gateway (the default transport) with OpenTelemetry on, exporting every span.
 TRACING_GATEWAY = f"{DEFAULT_TRANSPORT}-tracing"
@@ -309,7 +312,7 @@ def baseline_gateway(
     # Started outside the source tree: its folders (core/, gateway/) are not packages to find from cwd.
     process = start_process(name, argv, stack.ports["gateway"], own_dir / "gateway.log", env, cwd=own_dir)
     try:
-        wait_http_ok(process.url + "/health/ready", 120, lambda: process.proc.poll() is None)
+        wait_http_ok(process.url + "/health/ready", 120, process.alive)
         report.cold_start_s[name] = round(time.monotonic() - started, 2)
         print(f"    {name} ready in {report.cold_start_s[name]:.1f}s", flush=True)
         yield Baseline(name, process, created.stdout.strip())
@@ -335,7 +338,7 @@ def floor_proxies(
             env = {**os.environ, "UPSTREAM": services.url("tabular"), "BARE_PROXY_CLIENT": client}
             started = time.monotonic()
             process = running[name] = start_process(name, argv, port, run_dir / f"floor-{client}.log", env)
-            wait_http_ok(process.url + "/health/ready", 60, lambda p=process: p.proc.poll() is None)  # type: ignore[misc]
+            wait_http_ok(process.url + "/health/ready", 60, process.alive)
             report.cold_start_s[name] = round(time.monotonic() - started, 2)
         yield running
     finally:
@@ -492,7 +495,7 @@ def peer_servers(
             peer = start_process(name, argv, port, run_dir / f"peer-{name}.log", env)
             running.append(peer)
             try:
-                seconds = wait_http_ok(peer.url + "/health", 300, lambda p=peer: p.proc.poll() is None)  # type: ignore[misc]
+                seconds = wait_http_ok(peer.url + "/health", 300, peer.alive)
             except (RuntimeError, TimeoutError) as exc:
                 report.peers[name] = f"did not start: {exc} (see peer-{name}.log)"
                 peer.stop()

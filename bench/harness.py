@@ -264,12 +264,15 @@ class PeerProcess:
     def pids(self) -> list[int]:
         return tree_pids(self.proc.pid)
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def pause(self, stop: bool) -> None:
         with suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGSTOP if stop else signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.alive():
             with suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGCONT)
                 os.killpg(self.proc.pid, signal.SIGTERM)

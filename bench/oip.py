@@ -345,7 +345,7 @@ def running_mlserver(
     try:
         try:
             ready = f"{peer.url}/v2/models/{MODEL_NAME}/ready"
-            seconds = wait_http_ok(ready, 180, lambda: proc.poll() is None)
+            seconds = wait_http_ok(ready, 180, peer.alive)
         except (RuntimeError, TimeoutError) as exc:
             raise SystemExit(
                 f"MLServer did not start: {exc}\n" + log_tails([run_dir / "mlserver.log"])

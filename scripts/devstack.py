@@ -107,7 +107,7 @@ class LocalStack:
         # Its lifeline: the read end of a pipe whose write end only this process holds (not inherited
         # by anything it starts). The Gunicorn master stops when the read sees EOF, so it goes when we
         # go, even when we are SIGKILLed and cannot stop it (see gunicorn_conf.watch_launcher).
-        env = {**self.env_for(name)}
+        env = self.env_for(name)
         if name != "gateway":
             # A fresh one per start, as Gunicorn would make, but known here: `wait_ready` reads the
             # workers' reports in it.
