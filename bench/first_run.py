@@ -142,7 +142,7 @@ def steps_rows(run: Run) -> list[tuple[str, str, str]]:
 
 
 def plot(run: Run, path: Path) -> None:
-    plt = md._pyplot()
+    plt = md.pyplot()
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(run.steps) + 1.4), dpi=80)
     names = [name for name, _ in run.steps]
     seconds = [s for _, s in run.steps]

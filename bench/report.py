@@ -89,7 +89,8 @@ class Series:
     dashed: bool = False  # the whole series dashed (a reference line)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend (every plot here is written to a PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +113,7 @@ def plot_connections(
     plain_latency_ticks: bool = False,
 ) -> None:
     """Throughput (left) and latency (right, log) against connections, one line per series."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_rps, ax_lat) = plt.subplots(1, 2, figsize=size, dpi=80)
     for s in series:
         style = "--" if s.dashed else "-"
@@ -158,7 +159,7 @@ class BarPanel:
 
 
 def plot_bar_grid(path: Path, panels: Sequence[BarPanel], title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(panels), figsize=(4 * len(panels), 6.4), dpi=80, squeeze=False)
     for col, panel in enumerate(panels):
         xs = range(len(panel.labels))
@@ -191,7 +192,7 @@ class GroupedBars:
 
 
 def plot_grouped_bars(path: Path, panels: Sequence[GroupedBars], dpi: int = 120) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         width = 0.8 / max(len(panel.series), 1)
