@@ -89,6 +89,7 @@ def gunicorn(
         stdout=log,
         stderr=subprocess.STDOUT,
         pass_fds=pass_fds,
+        start_new_session=True,  # its own process group, so a forced stop takes its worker too
     )
     try:
         deadline = time.monotonic() + 60
@@ -102,8 +103,13 @@ def gunicorn(
                 time.sleep(0.1)
         yield proc
     finally:
+        # A graceful stop takes the worker with the master; a SIGKILLed master would leave it running.
         if proc.poll() is None:
-            proc.kill()
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the master is not reaped: its group is still its own
         proc.wait()
         log.close()
 
