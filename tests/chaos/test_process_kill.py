@@ -168,18 +168,27 @@ def test_kill_a_worker_then_the_service_under_load(
 
 
 def test_oip_answers_503_while_the_service_loads(chaos_stack: LocalStack, chaos_key: str) -> None:
-    """README: 503 while a model is not loaded. A client that reads 404 drops a model that exists."""
+    """README: 503 while a model is not loaded. A client that reads 404 drops a model that exists.
+
+    As the README says of a restart, a request caught in the new master's backlog before its first
+    worker accepts is a 504 after exactly the gateway's timeout (a slow start on a loaded machine);
+    such answers are checked for that and left out."""
     chaos_stack.stop(KILLED_SERVICE)
     chaos_stack.start(KILLED_SERVICE)
     seen: list[int] = []
     other: list[str] = []  # what any answer other than 503 before the first 200 said
+    backlog: list[tuple[float, str]] = []  # each 504's latency and error code
     try:
         with httpx.Client(
             base_url=chaos_stack.url("gateway"), headers={"X-API-Key": chaos_key}, timeout=10
         ) as client:
             while not seen or seen[-1] != 200:
                 assert len(seen) < 5000, "the tabular service never answered 200"
+                started = time.monotonic()
                 answer = send(client, "tabular-oip")
+                if answer.status_code == 504:
+                    backlog.append((time.monotonic() - started, answer.json()["code"]))
+                    continue
                 seen.append(answer.status_code)
                 if answer.status_code not in (200, 503):
                     other.append(f"{answer.status_code} {answer.text}")
@@ -187,3 +196,5 @@ def test_oip_answers_503_while_the_service_loads(chaos_stack: LocalStack, chaos_
     finally:
         chaos_stack.wait_ready(KILLED_SERVICE, timeout=120)
     assert set(seen[:-1]) == {503}, other[:3]
+    timeout = GATEWAY_TIMEOUTS["tabular"]
+    assert all(code == "upstream_timeout" and latency >= timeout - 0.05 for latency, code in backlog), backlog
